@@ -1,0 +1,36 @@
+//! git-evidence: proof of infrastructure builds, committed into git.
+//!
+//! A run — a Packer build's complete log, its exit code and the facts about the VM it made —
+//! becomes one folder in one atomic commit (or, when the run failed, a commit on a ref of its
+//! own). The stages, one module each:
+//!
+//! - [`names`]: templates, run ids and the evidence root, validated once;
+//! - [`proof`]: the run as data (proof.json);
+//! - [`logstore`]: the log streamed into the object database, hashed on the way;
+//! - [`render`] and [`index_page`]: the human-readable texts;
+//! - [`commit`]: the commit, and the compare-and-swap that lands it;
+//! - [`worktree`]: checked-out work trees brought up to date;
+//! - [`record`]: the `record` command tying them together;
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod commit;
+pub mod error;
+pub mod index_page;
+pub mod logstore;
+pub mod names;
+pub mod proof;
+pub mod record;
+pub mod render;
+pub mod worktree;
+
+pub use error::{Error, Result};
+
+/// This machine's host name, as recorded in proofs.
+pub fn host_name() -> Option<String> {
+    let name = gethostname::gethostname()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    (!name.is_empty()).then_some(name)
+}

@@ -1,0 +1,154 @@
+//! `git-evidence record`: files one finished run — a log, an exit code, some facts — as evidence.
+//!
+//! Input is validated completely before anything is written; then the log is streamed into the
+//! object database, the run is filed (commit on the branch, or a failed-run ref), and work trees
+//! that have the branch checked out are brought up to date. A problem in that last step is a
+//! warning: by then the evidence is committed and must not be reported as lost.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use git2::Repository;
+
+use crate::commit::{self, Filed, Target};
+use crate::error::{Error, Result};
+use crate::logstore;
+use crate::names::{EvidenceRoot, Kind, Template};
+use crate::proof::{Fact, RunFacts, Status};
+use crate::worktree::{self, SyncReport};
+
+/// What to record, as the command line gives it.
+#[derive(Debug, Clone)]
+pub struct RecordRequest {
+    pub kind: Kind,
+    pub template: Option<Template>,
+    pub log: PathBuf,
+    pub exit_code: i32,
+    /// Overrides the status implied by the exit code (e.g. a cancellation that exited 1).
+    pub status: Option<Status>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub facts: Vec<Fact>,
+    /// Branch name (`main` or `refs/heads/main`); the current branch when `None`.
+    pub branch: Option<String>,
+    /// Evidence root; `git config evidence.root` or `evidence` when `None`.
+    pub root: Option<EvidenceRoot>,
+    /// Add `Signed-off-by:`; `git config evidence.signoff` when `None`.
+    pub signoff: Option<bool>,
+}
+
+/// The outcome of a successful `record`.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub filed: Filed,
+    /// The branch (full ref name) the run was recorded against.
+    pub branch: String,
+    pub root: EvidenceRoot,
+    pub sync: SyncReport,
+    /// Set when updating a work tree failed after the commit landed.
+    pub sync_error: Option<String>,
+}
+
+/// The full ref name of the branch to record onto: the one given, else the one HEAD names.
+pub fn resolve_branch(repo: &Repository, branch: Option<&str>) -> Result<String> {
+    let full = match branch {
+        Some(name) => {
+            if name.starts_with("refs/heads/") {
+                name.to_owned()
+            } else if name.starts_with("refs/") {
+                return Err(Error::InvalidBranch(name.to_owned()));
+            } else {
+                format!("refs/heads/{name}")
+            }
+        }
+        None => {
+            let head = repo
+                .find_reference("HEAD")
+                .map_err(|e| Error::git("cannot read HEAD", e))?;
+            match head.symbolic_target().ok().flatten() {
+                Some(target) if target.starts_with("refs/heads/") => target.to_owned(),
+                _ => return Err(Error::DetachedHead),
+            }
+        }
+    };
+    if !git2::Reference::is_valid_name(&full) {
+        return Err(Error::InvalidBranch(
+            full.trim_start_matches("refs/heads/").to_owned(),
+        ));
+    }
+    Ok(full)
+}
+
+/// The evidence root: the one given, else `git config evidence.root`, else `evidence`.
+pub fn resolve_root(repo: &Repository, root: Option<&EvidenceRoot>) -> Result<EvidenceRoot> {
+    if let Some(root) = root {
+        return Ok(root.clone());
+    }
+    let config = repo
+        .config()
+        .map_err(|e| Error::git("cannot read git config", e))?;
+    match config.get_string("evidence.root") {
+        Ok(value) => value.parse(),
+        Err(_) => Ok(EvidenceRoot::default()),
+    }
+}
+
+/// Records one finished run. See the module documentation.
+pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
+    let branch = resolve_branch(repo, req.branch.as_deref())?;
+    let root = resolve_root(repo, req.root.as_ref())?;
+    let signoff = match req.signoff {
+        Some(v) => v,
+        None => repo
+            .config()
+            .and_then(|c| c.get_bool("evidence.signoff"))
+            .unwrap_or(false),
+    };
+    let source_commit = repo.refname_to_id(&branch).ok();
+    let mut facts = RunFacts {
+        kind: req.kind,
+        template: req.template.clone(),
+        status: req
+            .status
+            .unwrap_or_else(|| Status::from_exit_code(req.exit_code)),
+        exit_code: req.exit_code,
+        started_at: req.started_at.unwrap_or_else(Utc::now),
+        finished_at: req.finished_at,
+        host: crate::host_name(),
+        command: Vec::new(),
+        vmid: None,
+        node: None,
+        facts: Default::default(),
+        fact_sources: Default::default(),
+        redactions: Default::default(),
+        source_commit,
+        source_dirty: None,
+    };
+    facts.add_cli_facts(&req.facts)?;
+    facts.check()?;
+
+    let log = logstore::store_file(repo, &req.log)?;
+    tracing::debug!(blob = %log.blob, sha256 = %log.sha256, bytes = log.bytes, "stored the log");
+    let target = Target {
+        branch: branch.clone(),
+        root: root.clone(),
+        signoff,
+    };
+    let filed = commit::file(repo, &target, &facts, &log)?;
+
+    let (sync, sync_error) = if filed.reference == branch {
+        match worktree::sync(repo, &branch, &filed.changed) {
+            Ok(report) => (report, None),
+            Err(e) => (SyncReport::default(), Some(e.to_string())),
+        }
+    } else {
+        (SyncReport::default(), None)
+    };
+    Ok(Recorded {
+        filed,
+        branch,
+        root,
+        sync,
+        sync_error,
+    })
+}

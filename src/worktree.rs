@@ -1,0 +1,321 @@
+//! Brings checked-out work trees up to date after the branch moved under them.
+//!
+//! git-evidence commits without touching any index, so a work tree that has the branch checked
+//! out would afterwards show the new evidence as staged deletions — and a careless `git commit
+//! -a` would delete it. This stage writes the new files into every work tree (main or linked)
+//! that has the branch checked out and records them in its index with full stat data, so
+//! `git status` is clean.
+//!
+//! It never overwrites anything it did not write: a path whose work-tree file or index entry
+//! differs from what git-evidence last wrote is reported as a conflict and left alone. The
+//! commit stands either way. Updates of one work tree are serialised with an advisory lock, and
+//! always bring a path to the branch tip *at that moment*, so concurrent recorders converge.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{ErrorCode, IndexEntry, IndexTime, ObjectType, Oid, Repository};
+
+use crate::error::{Error, Result};
+
+/// A path of one work tree that was left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub worktree: PathBuf,
+    pub path: String,
+    pub reason: String,
+}
+
+/// What syncing did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Work trees that have the branch checked out.
+    pub worktrees: Vec<PathBuf>,
+    /// Files written into them.
+    pub written: usize,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Updates every work tree that has `branch` checked out so that `paths` match the branch tip.
+pub fn sync(repo: &Repository, branch: &str, paths: &[String]) -> Result<SyncReport> {
+    let mut report = SyncReport::default();
+    for wt in checked_out(repo, branch)? {
+        let Some(workdir) = wt.workdir().map(Path::to_path_buf) else {
+            continue;
+        };
+        report.worktrees.push(workdir.clone());
+        sync_one(&wt, &workdir, branch, paths, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// The repositories (main and linked work trees) whose HEAD is `branch`.
+fn checked_out(repo: &Repository, branch: &str) -> Result<Vec<Repository>> {
+    let common = repo.commondir().to_path_buf();
+    let main = Repository::open(&common)
+        .map_err(|e| Error::git(format!("cannot open {}", common.display()), e))?;
+    let mut found = Vec::new();
+    let names = main
+        .worktrees()
+        .map_err(|e| Error::git("cannot list work trees", e))?;
+    for name in names.iter().filter_map(|n| n.ok().flatten()) {
+        let Ok(wt) = main.find_worktree(name) else {
+            continue;
+        };
+        // A work tree whose folder is gone (prunable) has nothing to update.
+        if wt.validate().is_err() {
+            continue;
+        }
+        if let Ok(linked) = Repository::open_from_worktree(&wt)
+            && head_is(&linked, branch)
+        {
+            found.push(linked);
+        }
+    }
+    if !main.is_bare() && head_is(&main, branch) {
+        found.insert(0, main);
+    }
+    Ok(found)
+}
+
+fn head_is(repo: &Repository, branch: &str) -> bool {
+    repo.find_reference("HEAD")
+        .ok()
+        .and_then(|h| h.symbolic_target().ok().flatten().map(|t| t == branch))
+        .unwrap_or(false)
+}
+
+/// Holds an exclusive advisory lock on a file in the work tree's git dir until dropped. Unlike a
+/// `.lock` file it is released by the kernel if the process dies.
+struct WorktreeLock(#[allow(dead_code)] File);
+
+impl WorktreeLock {
+    fn acquire(gitdir: &Path) -> Result<Self> {
+        let path = gitdir.join("git-evidence.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        file.lock()
+            .map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
+        Ok(WorktreeLock(file))
+    }
+}
+
+fn sync_one(
+    wt: &Repository,
+    workdir: &Path,
+    branch: &str,
+    paths: &[String],
+    report: &mut SyncReport,
+) -> Result<()> {
+    let _lock = WorktreeLock::acquire(wt.path())?;
+    let tip = wt
+        .find_reference(branch)
+        .and_then(|r| r.peel_to_tree())
+        .map_err(|e| Error::git(format!("cannot read {branch}"), e))?;
+    let mut index = wt
+        .index()
+        .map_err(|e| Error::git(format!("cannot read the index of {}", workdir.display()), e))?;
+    let symlinks = wt
+        .config()
+        .and_then(|c| c.get_bool("core.symlinks"))
+        .unwrap_or(cfg!(unix));
+    let conflict = |path: &str, reason: &str| Conflict {
+        worktree: workdir.to_path_buf(),
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut touched = false;
+    for path in paths {
+        let Ok(entry) = tip.get_path(Path::new(path)) else {
+            continue; // gone from the tip again: nothing to bring in
+        };
+        let (id, mode) = (entry.id(), entry.filemode() as u32);
+        let staged = index.get_path(Path::new(path), 0);
+        if staged
+            .as_ref()
+            .is_some_and(|s| s.id == id && s.mode == mode)
+        {
+            continue; // already there: another recorder synced it
+        }
+        let file = workdir.join(path);
+        let on_disk = fs::symlink_metadata(&file).ok();
+        match (&staged, &on_disk) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                if blob_id_of(&file)? != Some(id) {
+                    report
+                        .conflicts
+                        .push(conflict(path, "an untracked file is in the way"));
+                    continue;
+                }
+            }
+            (Some(_), None) => {
+                report
+                    .conflicts
+                    .push(conflict(path, "deleted in the work tree"));
+                continue;
+            }
+            (Some(s), Some(_)) => {
+                if blob_id_of(&file)? != Some(s.id) {
+                    report.conflicts.push(conflict(path, "has local changes"));
+                    continue;
+                }
+            }
+        }
+        write_path(wt, &file, id, mode, symlinks)?;
+        report.written += 1;
+        let meta = fs::symlink_metadata(&file)
+            .map_err(|e| Error::io(format!("cannot stat {}", file.display()), e))?;
+        index
+            .add(&index_entry(path, id, mode, &meta))
+            .map_err(|e| Error::git(format!("cannot stage {path}"), e))?;
+        touched = true;
+    }
+    if touched {
+        write_index(&mut index, workdir)?;
+    }
+    Ok(())
+}
+
+/// Writes the index, waiting a little for a concurrent git command to release `index.lock`.
+fn write_index(index: &mut git2::Index, workdir: &Path) -> Result<()> {
+    let mut pause = Duration::from_millis(5);
+    for _ in 0..12 {
+        match index.write() {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code() == ErrorCode::Locked => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(Error::git(
+                    format!("cannot write the index of {}", workdir.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Error::Io {
+        context: format!("cannot write the index of {}", workdir.display()),
+        source: io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "index.lock stayed locked by another git process",
+        ),
+    })
+}
+
+/// The blob id git would give the file (or link) at `path`, `None` for a directory.
+fn blob_id_of(path: &Path) -> Result<Option<Oid>> {
+    let meta = fs::symlink_metadata(path)
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path)
+            .map_err(|e| Error::io(format!("cannot read link {}", path.display()), e))?;
+        let bytes = target.as_os_str().as_encoded_bytes().to_vec();
+        return Oid::hash_object(ObjectType::Blob, &bytes)
+            .map(Some)
+            .map_err(|e| Error::git(format!("cannot hash {}", path.display()), e));
+    }
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    Oid::hash_file(ObjectType::Blob, path)
+        .map(Some)
+        .map_err(|e| Error::git(format!("cannot hash {}", path.display()), e))
+}
+
+/// Writes blob `id` to `file` atomically (temp file + rename), as a symlink for mode 120000.
+fn write_path(repo: &Repository, file: &Path, id: Oid, mode: u32, symlinks: bool) -> Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let io_err = |e| Error::io(format!("cannot write {}", file.display()), e);
+    let odb = repo
+        .odb()
+        .map_err(|e| Error::git("cannot open the object database", e))?;
+    if mode == 0o120000 && symlinks {
+        let blob = repo
+            .find_blob(id)
+            .map_err(|e| Error::git(format!("cannot read {id}"), e))?;
+        let target = std::str::from_utf8(blob.content()).map_err(|_| Error::Malformed {
+            path: file.display().to_string(),
+            reason: "link target is not UTF-8".into(),
+        })?;
+        let tmp = dir.join(format!(".git-evidence-{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(io_err)?;
+        return fs::rename(&tmp, file).map_err(io_err);
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".git-evidence-")
+        .tempfile_in(dir)
+        .map_err(io_err)?;
+    copy_blob(&odb, repo, id, tmp.as_file_mut()).map_err(|e| match e {
+        CopyError::Git(e) => Error::git(format!("cannot read {id}"), e),
+        CopyError::Io(e) => io_err(e),
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let perms = if mode == 0o100755 { 0o755 } else { 0o644 };
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(perms)).map_err(io_err)?;
+    }
+    tmp.persist(file).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+enum CopyError {
+    Git(git2::Error),
+    Io(io::Error),
+}
+
+/// Streams a blob into `out` without holding it in memory (loose objects), falling back to a
+/// whole read for packed ones, which are small here: logs are written loose and read back at once.
+fn copy_blob(
+    odb: &git2::Odb<'_>,
+    repo: &Repository,
+    id: Oid,
+    out: &mut File,
+) -> Result<(), CopyError> {
+    match odb.reader(id) {
+        Ok((mut reader, _, _)) => {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = reader.read(&mut buf).map_err(CopyError::Io)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(CopyError::Io)?;
+            }
+        }
+        Err(_) => {
+            let blob = repo.find_blob(id).map_err(CopyError::Git)?;
+            out.write_all(blob.content()).map_err(CopyError::Io)?;
+        }
+    }
+    out.flush().map_err(CopyError::Io)
+}
+
+/// An index entry for `path` with the stat data git compares, so `git status` need not re-hash.
+fn index_entry(path: &str, id: Oid, mode: u32, meta: &fs::Metadata) -> IndexEntry {
+    use std::os::unix::fs::MetadataExt;
+    IndexEntry {
+        ctime: IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32),
+        mtime: IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32),
+        dev: meta.dev() as u32,
+        ino: meta.ino() as u32,
+        mode,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        file_size: meta.len() as u32,
+        id,
+        flags: path.len().min(0xfff) as u16,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
+    }
+}
