@@ -319,25 +319,30 @@ fn file_success(
     let message = render::commit_message(&blobs.proof, &log_path, signoff);
     let commit = make_commit(repo, author, committer, &message, tree, tip)?;
     let reflog = format!("git-evidence: record {} {run_id}", what(facts));
-    let moved = match tip {
-        Some(old) => repo.reference_matching(&target.branch, commit, true, old, &reflog),
-        None => repo.reference(&target.branch, commit, false, &reflog),
-    };
-    match moved {
-        Ok(_) => Ok(Attempt::Done(Box::new(Filed {
-            run_id,
-            proof: blobs.proof,
-            commit,
-            reference: target.branch.clone(),
-            parent: tip,
-            folder,
-            changed,
-            latest_moved,
-            attempts: 0,
-        }))),
-        Err(e) if is_race(&e) => Ok(Attempt::Raced(e.message().to_owned())),
-        Err(e) => Err(Error::git(format!("cannot update {}", target.branch), e)),
+    let reserve = failed_ref(facts, &run_id);
+    if let Some(why) = land(
+        repo,
+        &target.branch,
+        tip,
+        &reserve,
+        &target.branch,
+        commit,
+        committer,
+        &reflog,
+    )? {
+        return Ok(Attempt::Raced(why));
     }
+    Ok(Attempt::Done(Box::new(Filed {
+        run_id,
+        proof: blobs.proof,
+        commit,
+        reference: target.branch.clone(),
+        parent: tip,
+        folder,
+        changed,
+        latest_moved,
+        attempts: 0,
+    })))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -378,29 +383,83 @@ fn file_failure(
     let message = render::commit_message(&blobs.proof, &log_path, signoff);
     let commit = make_commit(repo, author, committer, &message, tree, tip)?;
     let reference = failed_ref(facts, &run_id);
-    // Refs outside refs/heads get no reflog unless one exists already; a failed run's ref
-    // should say when and by what it was made, like a branch does.
-    repo.reference_ensure_log(&reference)
-        .map_err(|e| Error::git(format!("cannot create the reflog of {reference}"), e))?;
     let reflog = format!(
         "git-evidence: record {} {run_id} ({})",
         what(facts),
         facts.status
     );
-    match repo.reference(&reference, commit, false, &reflog) {
-        Ok(_) => Ok(Attempt::Done(Box::new(Filed {
-            run_id,
-            proof: blobs.proof,
-            commit,
-            reference,
-            parent: tip,
-            folder,
-            changed,
-            latest_moved: false,
-            attempts: 0,
-        }))),
-        Err(e) if is_race(&e) => Ok(Attempt::Raced(e.message().to_owned())),
-        Err(e) => Err(Error::git(format!("cannot create {reference}"), e)),
+    if let Some(why) = land(
+        repo,
+        &target.branch,
+        tip,
+        &reference,
+        &reference,
+        commit,
+        committer,
+        &reflog,
+    )? {
+        return Ok(Attempt::Raced(why));
+    }
+    Ok(Attempt::Done(Box::new(Filed {
+        run_id,
+        proof: blobs.proof,
+        commit,
+        reference,
+        parent: tip,
+        folder,
+        changed,
+        latest_moved: false,
+        attempts: 0,
+    })))
+}
+
+/// Points `name` at `commit`, holding the locks of both the branch and the run id's failed-run
+/// ref (`reserve`) while checking that the branch is still at `tip` — the tip the commit and
+/// the run id were chosen from — and that no failed run took the id meanwhile.
+///
+/// A success moves the branch; a failure creates its ref. Both take the same two locks, so
+/// a success and a failure of one template started in the same second can never both get one
+/// run id, which separate compare-and-swaps on two different refs could not prevent.
+/// Returns why it lost the race, or `None` when `name` was moved.
+#[allow(clippy::too_many_arguments)]
+fn land(
+    repo: &Repository,
+    branch: &str,
+    tip: Option<Oid>,
+    reserve: &str,
+    name: &str,
+    commit: Oid,
+    committer: &Signature<'_>,
+    reflog: &str,
+) -> Result<Option<String>> {
+    let mut tx = repo
+        .transaction()
+        .map_err(|e| Error::git("cannot start a ref transaction", e))?;
+    for lock in [branch, reserve] {
+        match tx.lock_ref(lock) {
+            Ok(()) => {}
+            Err(e) if is_race(&e) => return Ok(Some(format!("{lock} is locked: {}", e.message()))),
+            Err(e) => return Err(Error::git(format!("cannot lock {lock}"), e)),
+        }
+    }
+    if branch_tip(repo, branch)? != tip {
+        return Ok(Some(format!("{branch} moved")));
+    }
+    if repo.find_reference(reserve).is_ok() {
+        return Ok(Some(format!("{reserve} was taken by a failed run")));
+    }
+    if name == reserve {
+        // Refs outside refs/heads get no reflog unless one exists already; a failed run's
+        // ref should say when and by what it was made, like a branch does.
+        repo.reference_ensure_log(name)
+            .map_err(|e| Error::git(format!("cannot create the reflog of {name}"), e))?;
+    }
+    tx.set_target(name, commit, Some(committer), reflog)
+        .map_err(|e| Error::git(format!("cannot update {name}"), e))?;
+    match tx.commit() {
+        Ok(()) => Ok(None),
+        Err(e) if is_race(&e) => Ok(Some(e.message().to_owned())),
+        Err(e) => Err(Error::git(format!("cannot update {name}"), e)),
     }
 }
 
