@@ -114,9 +114,12 @@ fn sync_one(
     report: &mut SyncReport,
 ) -> Result<()> {
     let _lock = WorktreeLock::acquire(wt.path())?;
-    let tip = wt
+    let tip_commit = wt
         .find_reference(branch)
-        .and_then(|r| r.peel_to_tree())
+        .and_then(|r| r.peel_to_commit())
+        .map_err(|e| Error::git(format!("cannot read {branch}"), e))?;
+    let tip = tip_commit
+        .tree()
         .map_err(|e| Error::git(format!("cannot read {branch}"), e))?;
     let mut index = wt
         .index()
@@ -166,6 +169,10 @@ fn sync_one(
                     report.conflicts.push(conflict(path, "has local changes"));
                     continue;
                 }
+                if !written_by_us(&tip_commit, path, s.id) {
+                    report.conflicts.push(conflict(path, "has staged changes"));
+                    continue;
+                }
             }
         }
         write_path(wt, &file, id, mode, symlinks)?;
@@ -181,6 +188,28 @@ fn sync_one(
         write_index(&mut index, workdir)?;
     }
     Ok(())
+}
+
+/// How far back a staged version is looked for among the branch's earlier versions of a path.
+/// Work trees lag the branch by at most the recorders whose sync is still pending.
+const HISTORY_DEPTH: usize = 256;
+
+/// Whether `id` is a version of `path` that the branch had before its tip, i.e. one that
+/// git-evidence (or a reviewer's commit) wrote, not a user's staged edit.
+fn written_by_us(tip: &git2::Commit<'_>, path: &str, id: Oid) -> bool {
+    let mut commit = tip.parent(0).ok();
+    for _ in 0..HISTORY_DEPTH {
+        let Some(c) = commit else { return false };
+        if c.tree()
+            .ok()
+            .and_then(|t| t.get_path(Path::new(path)).ok())
+            .is_some_and(|e| e.id() == id)
+        {
+            return true;
+        }
+        commit = c.parent(0).ok();
+    }
+    false
 }
 
 /// Writes the index, waiting a little for a concurrent git command to release `index.lock`.
