@@ -32,7 +32,7 @@ demo: build
 	git -C $(DEMO)/repo commit -q --allow-empty -m "Packer templates"; \
 	echo "$$ git evidence record --template ubuntu-22.04 --log ok.packer.log --exit-code 0 --fact vmid=9000 --fact node=pve1"; \
 	$(BIN) -C $(DEMO)/repo record --template ubuntu-22.04 \
-	    --log tests/fixtures/packer-1.6.6/ok.packer.log --exit-code 0 \
+	    --log "$(CURDIR)/tests/fixtures/packer-1.6.6/ok.packer.log" --exit-code 0 \
 	    --fact vmid=9000 --fact node=pve1; \
 	echo; echo "$$ git log --stat -1"; git -C $(DEMO)/repo log --stat -1 | cat; \
 	echo; echo "$$ cat evidence/builds/ubuntu-22.04/latest/proof.json"; \

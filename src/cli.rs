@@ -130,7 +130,7 @@ fn report_error(e: &Error) {
 
 fn run(cli: &Cli) -> Result<i32> {
     if let Some(dir) = &cli.chdir {
-        std::env::set_current_dir(dir).map_err(|source| Error::LogUnreadable {
+        std::env::set_current_dir(dir).map_err(|source| Error::ChangeDir {
             path: dir.clone(),
             source,
         })?;

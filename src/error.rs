@@ -53,6 +53,14 @@ pub enum Error {
         actual: u64,
     },
 
+    /// `-C PATH` names a directory that cannot be entered.
+    #[error("cannot change to {path}: {source}")]
+    ChangeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// No repository where one was expected.
     #[error("not a git repository: {path}")]
     NotARepository {
@@ -130,6 +138,7 @@ impl Error {
             | Error::Inconsistent(_)
             | Error::InvalidBranch(_)
             | Error::LogUnreadable { .. }
+            | Error::ChangeDir { .. }
             | Error::NotARepository { .. }
             | Error::DetachedHead => ErrorKind::Input,
             _ => ErrorKind::Runtime,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -164,15 +164,21 @@ pub struct Proof {
     pub source_dirty: Option<bool>,
 }
 
-/// Formats a time the way proofs store it: RFC 3339, UTC, `Z`, sub-seconds only when present.
+/// Formats a time the way proofs store it: RFC 3339, UTC, `Z`, milliseconds only when present.
 pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    t.trunc_subsecs(3)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The current time at the precision proofs keep (milliseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
 }
 
 /// Parses an RFC 3339 time argument into UTC.
 pub fn parse_time(what: &'static str, value: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc))
+        .map(|t| t.with_timezone(&Utc).trunc_subsecs(3))
         .map_err(|_| Error::InvalidTime {
             what,
             value: value.to_owned(),

@@ -14,7 +14,7 @@ use crate::commit::{self, Filed, Target};
 use crate::error::{Error, Result};
 use crate::logstore;
 use crate::names::{EvidenceRoot, Kind, Template};
-use crate::proof::{Fact, RunFacts, Status};
+use crate::proof::{self, Fact, RunFacts, Status};
 use crate::worktree::{self, SyncReport};
 
 /// What to record, as the command line gives it.
@@ -112,7 +112,7 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
             .status
             .unwrap_or_else(|| Status::from_exit_code(req.exit_code)),
         exit_code: req.exit_code,
-        started_at: req.started_at.unwrap_or_else(Utc::now),
+        started_at: req.started_at.unwrap_or_else(proof::now),
         finished_at: req.finished_at,
         host: crate::host_name(),
         command: Vec::new(),
