@@ -1,0 +1,12 @@
+//! Integration tests: one binary (faster linking), one module per area.
+//!
+//! Every test runs the real `git-evidence` binary against real repositories in temp dirs, in a
+//! hermetic environment (see `common`), and cross-checks with the real `git` CLI.
+
+mod common;
+
+mod concurrency;
+mod failed;
+mod input;
+mod layout;
+mod worktrees;
