@@ -74,39 +74,22 @@ pub fn file(
     log: &LogDigest,
 ) -> Result<Filed> {
     let (author, committer) = identity(repo)?;
-    let signoff = target.signoff.then(|| signature_line(&committer));
+    let who = Identity {
+        signoff: target.signoff.then(|| signature_line(&committer)),
+        author,
+        committer,
+    };
     let mut last = String::new();
-    for attempt in 1..=MAX_ATTEMPTS {
-        let outcome = if facts.status == Status::Success {
-            file_success(
-                repo,
-                target,
-                facts,
-                log,
-                &author,
-                &committer,
-                signoff.as_deref(),
-            )
-        } else {
-            file_failure(
-                repo,
-                target,
-                facts,
-                log,
-                &author,
-                &committer,
-                signoff.as_deref(),
-            )
-        };
-        match outcome? {
+    for attempt_no in 1..=MAX_ATTEMPTS {
+        match attempt(repo, target, facts, log, &who)? {
             Attempt::Done(mut filed) => {
-                filed.attempts = attempt;
+                filed.attempts = attempt_no;
                 return Ok(*filed);
             }
             Attempt::Raced(why) => {
-                tracing::debug!(attempt, %why, "lost the race for {}, rebuilding", target.branch);
+                tracing::debug!(attempt = attempt_no, %why, "lost the race for {}, rebuilding", target.branch);
                 last = why;
-                std::thread::sleep(backoff(attempt));
+                std::thread::sleep(backoff(attempt_no));
             }
         }
     }
@@ -115,6 +98,13 @@ pub fn file(
         attempts: MAX_ATTEMPTS,
         last,
     })
+}
+
+/// Who commits, and the sign-off line when one is wanted.
+struct Identity<'a> {
+    author: Signature<'a>,
+    committer: Signature<'a>,
+    signoff: Option<String>,
 }
 
 enum Attempt {
@@ -226,68 +216,111 @@ fn write_blob(repo: &Repository, data: &[u8], what: &str) -> Result<Oid> {
         .map_err(|e| Error::git(format!("cannot write {what}"), e))
 }
 
-/// The proof files of one run, written as blobs.
-struct RunBlobs {
-    proof: Proof,
-    readme: Oid,
-    json: Oid,
-}
-
-fn run_blobs(
-    repo: &Repository,
-    facts: &RunFacts,
-    run_id: &RunId,
-    log: &LogDigest,
-) -> Result<RunBlobs> {
-    let proof = facts.proof(run_id, log);
-    let readme = write_blob(repo, render::run_readme(&proof).as_bytes(), "README.md")?;
-    let json = write_blob(repo, proof.to_json().as_bytes(), "proof.json")?;
-    Ok(RunBlobs {
-        proof,
-        readme,
-        json,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn file_success(
+/// Builds the commit for one attempt on the current branch tip and tries to land it.
+fn attempt(
     repo: &Repository,
     target: &Target,
     facts: &RunFacts,
     log: &LogDigest,
-    author: &Signature<'_>,
-    committer: &Signature<'_>,
-    signoff: Option<&str>,
+    who: &Identity<'_>,
 ) -> Result<Attempt> {
-    let root = &target.root;
     let tip = branch_tip(repo, &target.branch)?;
     let base = tree_of(repo, tip)?;
-    let dir_path = runs_dir(root, facts);
+    let dir_path = runs_dir(&target.root, facts);
     let dir = subtree(repo, &base, &dir_path)?;
     let run_id = choose_run_id(repo, facts, dir.as_ref());
-    let blobs = run_blobs(repo, facts, &run_id, log)?;
+    let proof = facts.proof(&run_id, log);
     let folder = format!("{dir_path}/{run_id}");
     let log_path = format!("{folder}/{}", facts.kind.log_file_name());
 
-    let mut changed = vec![
-        format!("{folder}/README.md"),
-        format!("{folder}/proof.json"),
-        log_path.clone(),
-    ];
     let mut update = git2::build::TreeUpdateBuilder::new();
-    update.upsert(changed[0].as_str(), blobs.readme, FileMode::Blob);
-    update.upsert(changed[1].as_str(), blobs.json, FileMode::Blob);
-    update.upsert(changed[2].as_str(), log.blob, FileMode::Blob);
+    let mut changed = Vec::new();
+    let readme = write_blob(repo, render::run_readme(&proof).as_bytes(), "README.md")?;
+    let json = write_blob(repo, proof.to_json().as_bytes(), "proof.json")?;
+    for (path, id) in [
+        (format!("{folder}/README.md"), readme),
+        (format!("{folder}/proof.json"), json),
+        (log_path.clone(), log.blob),
+    ] {
+        update.upsert(path.as_str(), id, FileMode::Blob);
+        changed.push(path);
+    }
 
-    let previous = latest_in(repo, dir.as_ref(), &dir_path)?;
-    let latest_moved = previous.as_ref().is_none_or(|p| *p < run_id);
+    let reserve = failed_ref(facts, &run_id);
+    let (tree, latest_moved, reference, reflog) = if facts.status == Status::Success {
+        let (tree, latest_moved) = success_tree(
+            repo,
+            &target.root,
+            &base,
+            (dir.as_ref(), &dir_path),
+            &run_id,
+            update,
+            &mut changed,
+        )?;
+        let reflog = format!("git-evidence: record {} {run_id}", what(facts));
+        (tree, latest_moved, target.branch.clone(), reflog)
+    } else {
+        // The tree holds this run's folder alone, at its usual path: a reviewer can `git show`
+        // or check it out without the rest of the branch getting in the way.
+        let tree = update
+            .create_updated(repo, &tree_of(repo, None)?)
+            .map_err(|e| Error::git("cannot build the tree of the failed run", e))?;
+        let reflog = format!(
+            "git-evidence: record {} {run_id} ({})",
+            what(facts),
+            facts.status
+        );
+        (tree, false, reserve.clone(), reflog)
+    };
+
+    let message = render::commit_message(&proof, &log_path, who.signoff.as_deref());
+    let commit = make_commit(repo, who, &message, tree, tip)?;
+    if let Some(why) = land(
+        repo,
+        &target.branch,
+        tip,
+        &reserve,
+        &reference,
+        commit,
+        &who.committer,
+        &reflog,
+    )? {
+        return Ok(Attempt::Raced(why));
+    }
+    Ok(Attempt::Done(Box::new(Filed {
+        run_id,
+        proof,
+        commit,
+        reference,
+        parent: tip,
+        folder,
+        changed,
+        latest_moved,
+        attempts: 0,
+    })))
+}
+
+/// Completes a success's tree: the run folder (already in `update`), `latest` when this run is
+/// the newest, `.gitattributes` the first time, and the index rendered from the result.
+/// Returns the tree and whether `latest` moved; adds the paths it wrote to `changed`.
+fn success_tree(
+    repo: &Repository,
+    root: &EvidenceRoot,
+    base: &Tree<'_>,
+    (dir, dir_path): (Option<&Tree<'_>>, &str),
+    run_id: &RunId,
+    mut update: git2::build::TreeUpdateBuilder,
+    changed: &mut Vec<String>,
+) -> Result<(Oid, bool)> {
+    let previous = latest_in(repo, dir, dir_path)?;
+    let latest_moved = previous.as_ref().is_none_or(|p| p < run_id);
     if latest_moved {
         let link = write_blob(repo, run_id.to_string().as_bytes(), "latest")?;
         let path = format!("{dir_path}/latest");
         update.upsert(path.as_str(), link, FileMode::Link);
         changed.push(path);
     }
-    let root_tree = subtree(repo, &base, root.as_str())?;
+    let root_tree = subtree(repo, base, root.as_str())?;
     if root_tree
         .as_ref()
         .is_none_or(|t| t.get_name(".gitattributes").is_none())
@@ -298,7 +331,7 @@ fn file_success(
         changed.push(path);
     }
     let with_run = update
-        .create_updated(repo, &base)
+        .create_updated(repo, base)
         .map_err(|e| Error::git("cannot build the new tree", e))?;
     let with_run = repo
         .find_tree(with_run)
@@ -315,102 +348,7 @@ fn file_success(
         .create_updated(repo, &with_run)
         .map_err(|e| Error::git("cannot build the new tree", e))?;
     changed.push(index_path);
-
-    let message = render::commit_message(&blobs.proof, &log_path, signoff);
-    let commit = make_commit(repo, author, committer, &message, tree, tip)?;
-    let reflog = format!("git-evidence: record {} {run_id}", what(facts));
-    let reserve = failed_ref(facts, &run_id);
-    if let Some(why) = land(
-        repo,
-        &target.branch,
-        tip,
-        &reserve,
-        &target.branch,
-        commit,
-        committer,
-        &reflog,
-    )? {
-        return Ok(Attempt::Raced(why));
-    }
-    Ok(Attempt::Done(Box::new(Filed {
-        run_id,
-        proof: blobs.proof,
-        commit,
-        reference: target.branch.clone(),
-        parent: tip,
-        folder,
-        changed,
-        latest_moved,
-        attempts: 0,
-    })))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn file_failure(
-    repo: &Repository,
-    target: &Target,
-    facts: &RunFacts,
-    log: &LogDigest,
-    author: &Signature<'_>,
-    committer: &Signature<'_>,
-    signoff: Option<&str>,
-) -> Result<Attempt> {
-    let tip = branch_tip(repo, &target.branch)?;
-    let base = tree_of(repo, tip)?;
-    let dir_path = runs_dir(&target.root, facts);
-    let dir = subtree(repo, &base, &dir_path)?;
-    let run_id = choose_run_id(repo, facts, dir.as_ref());
-    let blobs = run_blobs(repo, facts, &run_id, log)?;
-    let folder = format!("{dir_path}/{run_id}");
-    let log_path = format!("{folder}/{}", facts.kind.log_file_name());
-    let changed = vec![
-        format!("{folder}/README.md"),
-        format!("{folder}/proof.json"),
-        log_path.clone(),
-    ];
-
-    // The tree holds this run's folder alone, at its usual path: a reviewer can `git show` or
-    // check it out without the rest of the branch getting in the way.
-    let empty = tree_of(repo, None)?;
-    let mut update = git2::build::TreeUpdateBuilder::new();
-    update.upsert(changed[0].as_str(), blobs.readme, FileMode::Blob);
-    update.upsert(changed[1].as_str(), blobs.json, FileMode::Blob);
-    update.upsert(changed[2].as_str(), log.blob, FileMode::Blob);
-    let tree = update
-        .create_updated(repo, &empty)
-        .map_err(|e| Error::git("cannot build the tree of the failed run", e))?;
-
-    let message = render::commit_message(&blobs.proof, &log_path, signoff);
-    let commit = make_commit(repo, author, committer, &message, tree, tip)?;
-    let reference = failed_ref(facts, &run_id);
-    let reflog = format!(
-        "git-evidence: record {} {run_id} ({})",
-        what(facts),
-        facts.status
-    );
-    if let Some(why) = land(
-        repo,
-        &target.branch,
-        tip,
-        &reference,
-        &reference,
-        commit,
-        committer,
-        &reflog,
-    )? {
-        return Ok(Attempt::Raced(why));
-    }
-    Ok(Attempt::Done(Box::new(Filed {
-        run_id,
-        proof: blobs.proof,
-        commit,
-        reference,
-        parent: tip,
-        folder,
-        changed,
-        latest_moved: false,
-        attempts: 0,
-    })))
+    Ok((tree, latest_moved))
 }
 
 /// Points `name` at `commit`, holding the locks of both the branch and the run id's failed-run
@@ -480,8 +418,7 @@ fn is_race(e: &git2::Error) -> bool {
 
 fn make_commit(
     repo: &Repository,
-    author: &Signature<'_>,
-    committer: &Signature<'_>,
+    who: &Identity<'_>,
     message: &str,
     tree: Oid,
     parent: Option<Oid>,
@@ -494,7 +431,7 @@ fn make_commit(
         .transpose()
         .map_err(|e| Error::git("cannot read the branch tip", e))?;
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    repo.commit(None, author, committer, message, &tree, &parents)
+    repo.commit(None, &who.author, &who.committer, message, &tree, &parents)
         .map_err(|e| Error::git("cannot write the commit", e))
 }
 
