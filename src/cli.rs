@@ -20,16 +20,27 @@ use crate::record::{self, RecordRequest, Recorded};
 #[command(name = "git-evidence", version, about, propagate_version = true)]
 pub struct Cli {
     /// Run as if started in PATH (like `git -C`).
-    #[arg(short = 'C', value_name = "PATH", global = true)]
+    #[arg(
+        short = 'C',
+        value_name = "PATH",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub chdir: Option<PathBuf>,
     /// Print nothing but errors (and --json output).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
     /// Say more about what happens; twice for even more.
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
     /// Print the result as JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
