@@ -4,15 +4,22 @@ CARGO ?= cargo
 BIN := target/release/git-evidence
 DEMO := target/demo
 
-.PHONY: all build test lint unit demo bench clean
+.PHONY: all build deps test lint unit demo bench clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked
 
-## test: formatting, lints and every test (unit and integration, against real git).
-test: lint unit
+## deps: what the tests and the demo run besides cargo: Debian's Packer 1.6.6.
+deps:
+	@command -v packer >/dev/null 2>&1 || { \
+	    echo "installing Debian's packer"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq packer >/dev/null; }
+	@packer version
+
+## test: formatting, lints and every test (unit and integration, against real git and Packer).
+test: deps lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, Status};
 use crate::record::{self, RecordRequest, Recorded};
+use crate::run::{self, RunReport, RunRequest};
 
 /// Proof of infrastructure builds, committed into git.
 #[derive(Debug, Parser)]
@@ -50,6 +51,85 @@ pub struct Cli {
 pub enum Command {
     /// Record one finished run (a log file and an exit code) as evidence.
     Record(RecordArgs),
+    /// Run a Packer build, capture its complete log and facts, and record it as evidence.
+    Run(RunArgs),
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub filing: FilingArgs,
+    /// Command run after a successful build (with EVIDENCE_VMID, EVIDENCE_NODE, EVIDENCE_FACTS
+    /// set); its output is appended to the log, and its failure fails the run.
+    #[arg(long, value_name = "CMD")]
+    pub validate: Option<String>,
+    /// Files that went into the build (autoinstall user-data, kickstart, Autounattend.xml),
+    /// listed in proof.json with their SHA-256. Repeatable.
+    #[arg(long = "asset", value_name = "GLOB")]
+    pub assets: Vec<String>,
+    /// Packer's manifest post-processor file [default: packer-manifest.json].
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Proxmox node the build ran on (also PROXMOX_NODE).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// After a forwarded SIGINT/SIGTERM/SIGHUP, how long the build may take to clean up
+    /// before it is killed: 90s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Also keep a copy of the captured log in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub keep_log: Option<PathBuf>,
+    /// The command to run, after `--`: e.g. -- packer build -only=proxmox-iso.ubuntu .
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// Where a run is filed and what is known about it, shared by `record` and `run`.
+#[derive(Debug, Args)]
+pub struct FilingArgs {
+    /// Template name: 1-64 of a-z 0-9 . _ -, not `latest`. Required for builds.
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+    /// What ran: a template build or `packer init`.
+    #[arg(long, value_enum, default_value = "build")]
+    pub kind: KindArg,
+    /// A fact about the run, KEY=VALUE; `vmid` and `node` have fields of their own. Repeatable.
+    #[arg(long = "fact", value_name = "KEY=VALUE")]
+    pub facts: Vec<String>,
+    /// Branch to record onto; the current branch by default.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+    /// Add a Signed-off-by trailer of the committer (default: `git config evidence.signoff`).
+    #[arg(long)]
+    pub signoff: bool,
+}
+
+/// Parses `90`, `90s`, `5m`, `1h`.
+fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration: use e.g. 90s, 5m or 1h"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,18 +148,14 @@ pub enum StatusArg {
 /// Arguments of `record`.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// Template name: 1-64 of a-z 0-9 . _ -, not `latest`. Required for builds.
-    #[arg(long, value_name = "NAME")]
-    pub template: Option<String>,
+    #[command(flatten)]
+    pub filing: FilingArgs,
     /// The run's complete log; stored byte for byte.
     #[arg(long, value_name = "FILE")]
     pub log: PathBuf,
     /// The run's exit code: 0 records a success on the branch, anything else a failed run.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub exit_code: i32,
-    /// What ran: a template build or `packer init`.
-    #[arg(long, value_enum, default_value = "build")]
-    pub kind: KindArg,
     /// Override the status the exit code implies (e.g. `cancelled` for an interrupted build).
     #[arg(long, value_enum)]
     pub status: Option<StatusArg>,
@@ -89,18 +165,6 @@ pub struct RecordArgs {
     /// When the run finished (RFC 3339); unknown by default.
     #[arg(long, value_name = "RFC3339")]
     pub finished_at: Option<String>,
-    /// A fact about the run, KEY=VALUE; `vmid` and `node` have fields of their own. Repeatable.
-    #[arg(long = "fact", value_name = "KEY=VALUE")]
-    pub facts: Vec<String>,
-    /// Branch to record onto; the current branch by default.
-    #[arg(long)]
-    pub branch: Option<String>,
-    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
-    #[arg(long, value_name = "DIR")]
-    pub root: Option<String>,
-    /// Add a Signed-off-by trailer of the committer (default: `git config evidence.signoff`).
-    #[arg(long)]
-    pub signoff: bool,
 }
 
 /// Parses the process arguments, runs the command and returns the exit code.
@@ -154,6 +218,20 @@ fn run(cli: &Cli) -> Result<i32> {
             print_recorded(cli, &recorded);
             Ok(0)
         }
+        Command::Run(args) => {
+            let req = run_request(cli, args)?;
+            let repo = open_repo()?;
+            let (report, validation_code) = match run::run(&repo, &req) {
+                Ok(r) => r,
+                Err(e @ Error::Spawn { .. }) => {
+                    report_error(&e);
+                    return Ok(run::EXIT_NOT_STARTED);
+                }
+                Err(e) => return Err(e),
+            };
+            print_run(cli, &report);
+            Ok(report.exit_code(validation_code))
+        }
     }
 }
 
@@ -165,7 +243,15 @@ pub fn open_repo() -> Result<Repository> {
     })
 }
 
-fn record_request(args: &RecordArgs) -> Result<RecordRequest> {
+/// `FilingArgs`, validated.
+struct Filing {
+    kind: Kind,
+    template: Option<Template>,
+    facts: Vec<Fact>,
+    root: Option<EvidenceRoot>,
+}
+
+fn filing(args: &FilingArgs) -> Result<Filing> {
     let kind = match args.kind {
         KindArg::Build => Kind::Build,
         KindArg::Init => Kind::Init,
@@ -192,6 +278,21 @@ fn record_request(args: &RecordArgs) -> Result<RecordRequest> {
         .as_deref()
         .map(str::parse::<EvidenceRoot>)
         .transpose()?;
+    Ok(Filing {
+        kind,
+        template,
+        facts,
+        root,
+    })
+}
+
+fn record_request(args: &RecordArgs) -> Result<RecordRequest> {
+    let Filing {
+        kind,
+        template,
+        facts,
+        root,
+    } = filing(&args.filing)?;
     Ok(RecordRequest {
         kind,
         template,
@@ -213,9 +314,34 @@ fn record_request(args: &RecordArgs) -> Result<RecordRequest> {
             .map(|t| proof::parse_time("--finished-at", t))
             .transpose()?,
         facts,
-        branch: args.branch.clone(),
+        branch: args.filing.branch.clone(),
         root,
-        signoff: args.signoff.then_some(true),
+        signoff: args.filing.signoff.then_some(true),
+    })
+}
+
+fn run_request(cli: &Cli, args: &RunArgs) -> Result<RunRequest> {
+    let Filing {
+        kind,
+        template,
+        facts,
+        root,
+    } = filing(&args.filing)?;
+    Ok(RunRequest {
+        kind,
+        template,
+        argv: args.command.clone(),
+        facts,
+        branch: args.filing.branch.clone(),
+        root,
+        signoff: args.filing.signoff.then_some(true),
+        validate: args.validate.clone(),
+        assets: args.assets.clone(),
+        manifest: args.manifest.clone(),
+        node: args.node.clone(),
+        grace: args.grace,
+        keep_log: args.keep_log.clone(),
+        show_debug: cli.verbose > 0,
     })
 }
 
@@ -302,5 +428,57 @@ fn print_recorded(cli: &Cli, r: &Recorded) {
     );
     if filed.latest_moved {
         let _ = writeln!(out, "  latest  -> {}", proof.run_id);
+    }
+}
+
+fn print_run(cli: &Cli, report: &RunReport) {
+    let mut stderr = std::io::stderr().lock();
+    for w in &report.warnings {
+        let _ = writeln!(stderr, "warning: {w}");
+    }
+    if let Some(sig) = report.outcome.interrupted_by {
+        let _ = writeln!(
+            stderr,
+            "git-evidence: the build was interrupted (signal {sig}) and is recorded as cancelled"
+        );
+    }
+    if let Some(p) = &report.kept_copy {
+        let _ = writeln!(
+            stderr,
+            "git-evidence: kept a copy of the log at {}",
+            p.display()
+        );
+    }
+    match &report.recorded {
+        Ok(recorded) => {
+            drop(stderr);
+            print_recorded(cli, recorded);
+        }
+        Err(nr) => {
+            let _ = writeln!(stderr, "error: the run could not be recorded: {}", nr.error);
+            match &nr.kept_log {
+                Some(p) => {
+                    let _ = writeln!(stderr, "hint: the log is kept at {}", p.display());
+                }
+                None => {
+                    let _ = writeln!(stderr, "hint: the log could not be kept either");
+                }
+            }
+            let _ = writeln!(
+                stderr,
+                "hint: once the problem is fixed, record it with:\n  {}",
+                nr.retry
+            );
+            if cli.json {
+                let value = serde_json::json!({
+                    "recorded": false,
+                    "status": report.status,
+                    "error": nr.error.to_string(),
+                    "kept_log": nr.kept_log,
+                    "retry": nr.retry,
+                });
+                let _ = writeln!(std::io::stdout().lock(), "{value:#}");
+            }
+        }
     }
 }

@@ -61,6 +61,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The wrapped command could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// No repository where one was expected.
     #[error("not a git repository: {path}")]
     NotARepository {

@@ -11,17 +11,23 @@
 //! - [`commit`]: the commit, and the compare-and-swap that lands it;
 //! - [`worktree`]: checked-out work trees brought up to date;
 //! - [`record`]: the `record` command tying them together;
+//! - [`capture`] (with [`ansi`]) and [`facts`]: the wrapped command's output and facts;
+//! - [`run`]: the `run` command, a Packer build captured and recorded;
 //! - [`cli`]: the command line.
 
+pub mod ansi;
+pub mod capture;
 pub mod cli;
 pub mod commit;
 pub mod error;
+pub mod facts;
 pub mod index_page;
 pub mod logstore;
 pub mod names;
 pub mod proof;
 pub mod record;
 pub mod render;
+pub mod run;
 pub mod worktree;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::facts::{FactSet, Source};
 use crate::names::{Kind, RunId, Template};
 
 /// The schema version written into every proof.json.
@@ -73,6 +74,45 @@ impl FromStr for Status {
 pub struct Fact {
     pub key: String,
     pub value: String,
+}
+
+/// Checks command-line facts: a `vmid` must be a non-negative integer and a `node` non-empty,
+/// so that a typo fails the command instead of vanishing from the proof.
+pub fn check_cli_facts(facts: &[Fact]) -> Result<()> {
+    for fact in facts {
+        let bad = |reason: &str| Error::InvalidFact {
+            fact: format!("{}={}", fact.key, fact.value),
+            reason: reason.into(),
+        };
+        match fact.key.as_str() {
+            "vmid" if fact.value.parse::<u64>().is_err() => {
+                return Err(bad("vmid must be a non-negative integer"));
+            }
+            "node" if fact.value.is_empty() => return Err(bad("node must not be empty")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Offers command-line facts to a fact set (last one of a key wins).
+pub fn offer_cli_facts(set: &mut FactSet, facts: &[Fact]) {
+    for fact in facts {
+        set.offer(
+            &fact.key,
+            serde_json::Value::String(fact.value.clone()),
+            Source::Cli,
+        );
+    }
+}
+
+/// A VMID from a JSON number or a numeric string.
+fn vmid_of(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 impl FromStr for Fact {
@@ -162,6 +202,28 @@ pub struct Proof {
     pub source_commit: Option<String>,
     /// Whether the work tree had uncommitted changes when the run started; `null` when unknown.
     pub source_dirty: Option<bool>,
+    /// The post-build validation (`run --validate`); `null` when none was configured.
+    pub validation: Option<Validation>,
+    /// Rendered unattended-install files the build used (`run --asset`), with their hashes.
+    pub assets: Vec<Asset>,
+}
+
+/// The outcome of the validation command run after a successful build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// `passed`, `failed`, or `not_run` (the build itself failed).
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub duration_seconds: Option<f64>,
+}
+
+/// A file that went into the build (autoinstall `user-data`, kickstart, `Autounattend.xml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asset {
+    /// Relative to the top of the repository.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// Formats a time the way proofs store it: RFC 3339, UTC, `Z`, milliseconds only when present.
@@ -203,40 +265,43 @@ pub struct RunFacts {
     pub redactions: BTreeMap<String, u64>,
     pub source_commit: Option<git2::Oid>,
     pub source_dirty: Option<bool>,
+    pub validation: Option<Validation>,
+    pub assets: Vec<Asset>,
 }
 
 impl RunFacts {
-    /// Takes command-line facts: `vmid` and `node` fill their own fields, the rest go to `facts`.
-    /// A later fact with the same key replaces an earlier one.
-    pub fn add_cli_facts(&mut self, facts: &[Fact]) -> Result<()> {
-        for fact in facts {
-            match fact.key.as_str() {
-                "vmid" => {
-                    let vmid = fact.value.parse::<u64>().map_err(|_| Error::InvalidFact {
-                        fact: format!("{}={}", fact.key, fact.value),
-                        reason: "vmid must be a non-negative integer".into(),
-                    })?;
-                    self.vmid = Some(vmid);
-                }
-                "node" => {
-                    if fact.value.is_empty() {
-                        return Err(Error::InvalidFact {
-                            fact: format!("{}={}", fact.key, fact.value),
-                            reason: "node must not be empty".into(),
-                        });
+    /// Takes gathered facts: `vmid` and `node` fill their own fields, the rest go to `facts`;
+    /// every one is noted in `fact_sources`. Returns warnings for values that cannot be used
+    /// (a `vmid` that is not a number, an empty `node`), which are left out.
+    pub fn apply_facts(&mut self, set: &FactSet) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (key, value, source) in set.iter() {
+            match key.as_str() {
+                "vmid" => match vmid_of(value) {
+                    Some(v) => self.vmid = Some(v),
+                    None => {
+                        warnings.push(format!(
+                            "ignored vmid {value} from {}: not a non-negative integer",
+                            source.as_str()
+                        ));
+                        continue;
                     }
-                    self.node = Some(fact.value.clone());
-                }
-                key => {
-                    self.facts.insert(
-                        key.to_owned(),
-                        serde_json::Value::String(fact.value.clone()),
-                    );
+                },
+                "node" => match value.as_str().filter(|n| !n.is_empty()) {
+                    Some(n) => self.node = Some(n.to_owned()),
+                    None => {
+                        warnings.push(format!("ignored node {value} from {}", source.as_str()));
+                        continue;
+                    }
+                },
+                _ => {
+                    self.facts.insert(key.clone(), value.clone());
                 }
             }
-            self.fact_sources.insert(fact.key.clone(), "cli".into());
+            self.fact_sources
+                .insert(key.clone(), source.as_str().to_owned());
         }
-        Ok(())
+        warnings
     }
 
     /// Checks that the facts agree with each other.
@@ -294,6 +359,8 @@ impl RunFacts {
             tool: Tool::this(),
             source_commit: self.source_commit.map(|c| c.to_string()),
             source_dirty: self.source_dirty,
+            validation: self.validation.clone(),
+            assets: self.assets.clone(),
         }
     }
 }

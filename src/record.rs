@@ -5,13 +5,14 @@
 //! that have the branch checked out are brought up to date. A problem in that last step is a
 //! warning: by then the evidence is committed and must not be reported as lost.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use git2::Repository;
 
 use crate::commit::{self, Filed, Target};
 use crate::error::{Error, Result};
+use crate::facts::FactSet;
 use crate::logstore;
 use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, RunFacts, Status};
@@ -93,18 +94,33 @@ pub fn resolve_root(repo: &Repository, root: Option<&EvidenceRoot>) -> Result<Ev
     }
 }
 
-/// Records one finished run. See the module documentation.
-pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
-    let branch = resolve_branch(repo, req.branch.as_deref())?;
-    let root = resolve_root(repo, req.root.as_ref())?;
-    let signoff = match req.signoff {
+/// Where runs go, resolved from flags and config before anything runs or is written.
+pub fn resolve_target(
+    repo: &Repository,
+    branch: Option<&str>,
+    root: Option<&EvidenceRoot>,
+    signoff: Option<bool>,
+) -> Result<Target> {
+    let branch = resolve_branch(repo, branch)?;
+    let root = resolve_root(repo, root)?;
+    let signoff = match signoff {
         Some(v) => v,
         None => repo
             .config()
             .and_then(|c| c.get_bool("evidence.signoff"))
             .unwrap_or(false),
     };
-    let source_commit = repo.refname_to_id(&branch).ok();
+    Ok(Target {
+        branch,
+        root,
+        signoff,
+    })
+}
+
+/// Records one finished run. See the module documentation.
+pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
+    let target = resolve_target(repo, req.branch.as_deref(), req.root.as_ref(), req.signoff)?;
+    proof::check_cli_facts(&req.facts)?;
     let mut facts = RunFacts {
         kind: req.kind,
         template: req.template.clone(),
@@ -121,21 +137,29 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
         facts: Default::default(),
         fact_sources: Default::default(),
         redactions: Default::default(),
-        source_commit,
+        source_commit: repo.refname_to_id(&target.branch).ok(),
         source_dirty: None,
+        validation: None,
+        assets: Vec::new(),
     };
-    facts.add_cli_facts(&req.facts)?;
+    let mut set = FactSet::default();
+    proof::offer_cli_facts(&mut set, &req.facts);
+    facts.apply_facts(&set);
     facts.check()?;
+    record_run(repo, &target, &facts, &req.log)
+}
 
-    let log = logstore::store_file(repo, &req.log)?;
-    tracing::debug!(blob = %log.blob, sha256 = %log.sha256, bytes = log.bytes, "stored the log");
-    let target = Target {
-        branch: branch.clone(),
-        root: root.clone(),
-        signoff,
-    };
-    let filed = commit::file(repo, &target, &facts, &log)?;
-
+/// Files a run whose log is the file at `log`, then brings checked-out work trees up to date.
+pub fn record_run(
+    repo: &Repository,
+    target: &Target,
+    facts: &RunFacts,
+    log: &Path,
+) -> Result<Recorded> {
+    let digest = logstore::store_file(repo, log)?;
+    tracing::debug!(blob = %digest.blob, sha256 = %digest.sha256, bytes = digest.bytes, "stored the log");
+    let filed = commit::file(repo, target, facts, &digest)?;
+    let branch = target.branch.clone();
     let (sync, sync_error) = if filed.reference == branch {
         match worktree::sync(repo, &branch, &filed.changed) {
             Ok(report) => (report, None),
@@ -147,7 +171,7 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
     Ok(Recorded {
         filed,
         branch,
-        root,
+        root: target.root.clone(),
         sync,
         sync_error,
     })

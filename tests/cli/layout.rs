@@ -199,6 +199,8 @@ fn proof_json_has_every_schema_key_with_its_type() {
             "tool",
             "source_commit",
             "source_dirty",
+            "validation",
+            "assets",
         ]
     );
     assert_eq!(proof["schema_version"], 1);
@@ -226,6 +228,9 @@ fn proof_json_has_every_schema_key_with_its_type() {
     assert_eq!(proof["redactions"], serde_json::json!({}));
     assert_eq!(proof["tool"]["name"], "git-evidence");
     assert!(proof["host"].is_string());
+    assert!(proof["source_dirty"].is_null(), "record cannot know");
+    assert!(proof["validation"].is_null());
+    assert_eq!(proof["assets"], serde_json::json!([]));
     let source = env.git(&repo, ["rev-parse", "main~1"]);
     assert_eq!(proof["source_commit"], source.trim());
 }

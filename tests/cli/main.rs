@@ -9,4 +9,5 @@ mod concurrency;
 mod failed;
 mod input;
 mod layout;
+mod run;
 mod worktrees;
