@@ -119,12 +119,16 @@ pub fn run_readme(proof: &Proof) -> String {
             .unwrap_or_else(|| "unknown".into()),
     );
     row("Node", or_unknown(proof.node.as_deref()));
+    let dirty = match proof.source_dirty {
+        Some(true) => " (with uncommitted changes in the work tree)",
+        _ => "",
+    };
     row(
         "Source commit",
         proof
             .source_commit
             .as_deref()
-            .map(|c| format!("`{c}`"))
+            .map(|c| format!("`{c}`{dirty}"))
             .unwrap_or_else(|| "none (unborn branch)".into()),
     );
     if !proof.command.is_empty() {
@@ -159,6 +163,27 @@ pub fn run_readme(proof: &Proof) -> String {
                 other => cell(&other.to_string()),
             };
             let _ = writeln!(s, "| {} | {value} | {} |", cell(k), source(k));
+        }
+    }
+
+    if let Some(v) = &proof.validation {
+        let _ = write!(s, "\n## Validation\n\n**{}**", cell(&v.status));
+        if let Some(code) = v.exit_code {
+            let _ = write!(s, " (exit code {code}");
+            if let Some(d) = v.duration_seconds {
+                let _ = write!(s, ", {}", duration(d));
+            }
+            s.push(')');
+        }
+        s.push_str(
+            ". Its output follows the build's in the log, after `==> git-evidence: validation:`.\n",
+        );
+    }
+
+    if !proof.assets.is_empty() {
+        s.push_str("\n## Assets\n\n| File | Bytes | SHA-256 |\n| --- | --- | --- |\n");
+        for a in &proof.assets {
+            let _ = writeln!(s, "| {} | {} | `{}` |", cell(&a.path), a.bytes, a.sha256);
         }
     }
 

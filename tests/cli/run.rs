@@ -537,3 +537,61 @@ fn three_hundred_megabytes_of_output_stream_through_in_bounded_memory() {
     assert_eq!(proof["log_bytes"], bytes, "the log is complete");
     drop(child);
 }
+
+#[test]
+fn assets_are_listed_with_their_hashes_and_validation_in_the_readme() {
+    let env = Env::new();
+    let repo = packer_repo(&env, &["echo ok"]);
+    std::fs::create_dir(repo.join("http")).unwrap();
+    std::fs::write(
+        repo.join("http/user-data"),
+        "#cloud-config\nautoinstall:\n  version: 1\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("http/meta-data"), "").unwrap();
+    let out = run_cmd(
+        &env,
+        &repo,
+        &[
+            "--template",
+            "t",
+            "--asset",
+            "http/*",
+            "--asset",
+            "missing/*.xml",
+            "--validate",
+            "true",
+        ],
+        &packer_build(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: --asset \"missing/*.xml\" matched no file"),
+        "{}",
+        stderr(&out)
+    );
+    let proof = json(&latest_file(
+        &env,
+        &repo,
+        "main",
+        "evidence/builds/t",
+        "proof.json",
+    ));
+    let assets = proof["assets"].as_array().unwrap();
+    let paths: Vec<&str> = assets.iter().map(|a| a["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["http/meta-data", "http/user-data"]);
+    assert_eq!(
+        assets[1]["sha256"],
+        sha256sum(&repo.join("http/user-data")).as_str()
+    );
+    assert_eq!(assets[1]["bytes"], 40);
+    let readme = latest_file(&env, &repo, "main", "evidence/builds/t", "README.md");
+    assert!(readme.contains("## Assets"), "{readme}");
+    assert!(readme.contains("| http/user-data | 40 |"), "{readme}");
+    assert!(
+        readme.contains("## Validation\n\n**passed** (exit code 0"),
+        "{readme}"
+    );
+}
