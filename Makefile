@@ -28,24 +28,31 @@ lint:
 unit:
 	$(CARGO) test --locked
 
-## demo: record a sample Packer log into a scratch repository and show what it made.
-demo: build
-	@rm -rf $(DEMO) && mkdir -p $(DEMO)
-	@export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 HOME="$(CURDIR)/$(DEMO)"; \
+## demo: a real Packer build (examples/null) recorded into a scratch repository, then a failing one.
+demo: build deps
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)/home
+	@export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 HOME="$(CURDIR)/$(DEMO)/home" \
+	    CHECKPOINT_DISABLE=1 PATH="$(CURDIR)/target/release:$$PATH"; \
 	set -e; \
-	git init -q -b main $(DEMO)/repo; \
-	git -C $(DEMO)/repo config user.name "Demo Builder"; \
-	git -C $(DEMO)/repo config user.email "builder@example.com"; \
-	git -C $(DEMO)/repo commit -q --allow-empty -m "Packer templates"; \
-	echo "$$ git evidence record --template ubuntu-22.04 --log ok.packer.log --exit-code 0 --fact vmid=9000 --fact node=pve1"; \
-	$(BIN) -C $(DEMO)/repo record --template ubuntu-22.04 \
-	    --log "$(CURDIR)/tests/fixtures/packer-1.6.6/ok.packer.log" --exit-code 0 \
-	    --fact vmid=9000 --fact node=pve1; \
-	echo; echo "$$ git log --stat -1"; git -C $(DEMO)/repo log --stat -1 | cat; \
-	echo; echo "$$ cat evidence/builds/ubuntu-22.04/latest/proof.json"; \
-	cat $(DEMO)/repo/evidence/builds/ubuntu-22.04/latest/proof.json; \
-	echo; echo "$$ sha256sum evidence/builds/ubuntu-22.04/latest/packer.log"; \
-	cd $(DEMO)/repo && sha256sum evidence/builds/ubuntu-22.04/latest/packer.log
+	git init -q -b main $(DEMO)/infra; cd $(DEMO)/infra; \
+	git config user.name "Demo Build Host"; git config user.email "builder@example.com"; \
+	cp "$(CURDIR)/examples/null/build.pkr.hcl" .; \
+	printf 'packer_cache/\npacker-manifest.json\n' > .gitignore; \
+	git add . && git commit -q -m "Packer template"; \
+	echo '$$ git evidence run --template demo-null -- packer build build.pkr.hcl'; \
+	git evidence run --template demo-null -- packer build -color=false build.pkr.hcl; \
+	echo; echo '$$ git log --stat -1'; git log --stat -1 | cat; \
+	echo; echo '$$ ls -l evidence/builds/demo-null'; ls -l evidence/builds/demo-null; \
+	echo; echo '$$ cat evidence/builds/demo-null/latest/proof.json'; cat evidence/builds/demo-null/latest/proof.json; \
+	echo; echo '$$ (cd evidence/builds/demo-null/latest && sha256sum packer.log)'; \
+	(cd evidence/builds/demo-null/latest && sha256sum packer.log); \
+	echo; echo '$$ git evidence run --template demo-null -- packer build -var fail=true build.pkr.hcl'; \
+	rc=0; git evidence run --template demo-null -- packer build -color=false -var fail=true build.pkr.hcl || rc=$$?; \
+	echo "(exit code $$rc, as Packer's)"; \
+	echo; echo '$$ git for-each-ref refs/evidence'; git for-each-ref refs/evidence; \
+	failed="$$(git for-each-ref --format='%(refname)' refs/evidence/failed/builds/demo-null/)"; \
+	echo; echo "\$$ git log -1 $$failed"; git log -1 "$$failed" | cat; \
+	echo; echo "\$$ git ls-tree -r --name-only $$failed"; git ls-tree -r --name-only "$$failed"
 
 ## bench: performance goals, as ratios against baselines measured in the same run.
 bench: build
