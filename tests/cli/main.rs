@@ -9,5 +9,7 @@ mod concurrency;
 mod failed;
 mod input;
 mod layout;
+mod pve_packer;
+mod pve_sim;
 mod run;
 mod worktrees;
