@@ -6,6 +6,10 @@
 //! Packer's timestamped debug lines (all of it when verbose). Memory stays bounded whatever the
 //! command prints: chunks are at most [`CHUNK`] bytes and at most [`IN_FLIGHT`] are queued.
 //!
+//! Every byte is redacted ([`crate::redact`]) before it reaches the sink or the console: the raw
+//! output exists only in this module's bounded buffers. Colour sequences are removed first, so
+//! the console shows the same redacted text the log stores.
+//!
 //! SIGINT, SIGTERM and SIGHUP sent to the wrapper are forwarded to the command's whole process
 //! group — Packer 1.6.6 ignores SIGINT sent to its pid alone, and SIGTERM to the pid orphans
 //! provisioner children — then the group gets `grace` to clean up (Proxmox clean-up makes API
@@ -22,6 +26,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ansi::AnsiStripper;
 use crate::error::{Error, Result};
+use crate::redact::Redactor;
 
 /// Largest chunk handed from a reader thread to the merger.
 pub const CHUNK: usize = 64 * 1024;
@@ -42,6 +47,8 @@ pub struct Spec {
     pub show_debug: bool,
     /// Time the process group gets after a forwarded signal before SIGKILL.
     pub grace: Duration,
+    /// What to redact from the output.
+    pub redaction: crate::redact::Config,
 }
 
 /// Where captured output goes, ANSI sequences already removed.
@@ -58,6 +65,8 @@ pub struct Outcome {
     pub interrupted_by: Option<i32>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// Replacements made in the output, per redaction rule.
+    pub redactions: std::collections::BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -91,6 +100,11 @@ pub fn run(spec: &Spec, sink: &mut dyn LogSink) -> Result<Outcome> {
         .argv
         .split_first()
         .ok_or_else(|| Error::Inconsistent("no command given after --".into()))?;
+    // One redactor per stream: each keeps the partial line of its own stream.
+    let redactors = [
+        Redactor::new(&spec.redaction).map_err(Error::Inconsistent)?,
+        Redactor::new(&spec.redaction).map_err(Error::Inconsistent)?,
+    ];
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::inherit())
@@ -148,7 +162,7 @@ pub fn run(spec: &Spec, sink: &mut dyn LogSink) -> Result<Outcome> {
     };
     drop(tx);
 
-    let merged = merge(spec, sink, &rx, pgid);
+    let merged = merge(spec, sink, &rx, pgid, redactors);
     signal_handle.close();
     // Readers end at end of file, or at their next send now that the channel is gone; a reader
     // still blocked on a pipe that an escaped grandchild holds is not waited for.
@@ -156,13 +170,14 @@ pub fn run(spec: &Spec, sink: &mut dyn LogSink) -> Result<Outcome> {
     drop(readers);
     let _ = waiter.join();
     let _ = signal_thread.join();
-    let (status, interrupted_by) = merged?;
+    let (status, interrupted_by, redactions) = merged?;
     let finished_at = crate::proof::now();
     Ok(Outcome {
         exit_code: exit_code(status),
         interrupted_by,
         started_at,
         finished_at,
+        redactions,
     })
 }
 
@@ -231,24 +246,62 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
+/// One output stream on its way: colours removed, then secrets.
+struct Lane {
+    strip: AnsiStripper,
+    redactor: Redactor,
+    clean: Vec<u8>,
+    redacted: Vec<u8>,
+}
+
+impl Lane {
+    fn new(redactor: Redactor) -> Self {
+        Lane {
+            strip: AnsiStripper::new(),
+            redactor,
+            clean: Vec::with_capacity(CHUNK),
+            redacted: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    /// Filters `bytes`; the result is in `self.redacted`.
+    fn push(&mut self, bytes: &[u8]) {
+        self.clean.clear();
+        self.redacted.clear();
+        self.strip.push(bytes, &mut self.clean);
+        self.redactor.push(&self.clean, &mut self.redacted);
+    }
+
+    /// The rest held back at the end of the stream; in `self.redacted`.
+    fn finish(&mut self) {
+        self.redacted.clear();
+        self.redactor.finish(&mut self.redacted);
+    }
+}
+
+type Merged = (
+    ExitStatus,
+    Option<i32>,
+    std::collections::BTreeMap<String, u64>,
+);
+
 /// The merge loop: log, console, signals, and the end of the command.
 fn merge(
     spec: &Spec,
     sink: &mut dyn LogSink,
     rx: &Receiver<Event>,
     pgid: i32,
-) -> Result<(ExitStatus, Option<i32>)> {
-    let mut strip_out = AnsiStripper::new();
-    let mut strip_err = AnsiStripper::new();
+    [out_redactor, err_redactor]: [Redactor; 2],
+) -> Result<Merged> {
+    let mut out_lane = Lane::new(out_redactor);
+    let mut err_lane = Lane::new(err_redactor);
     let mut console_err = DebugFilter::new(spec.show_debug);
-    let mut clean = Vec::with_capacity(CHUNK);
     let mut open = 2;
     let mut status: Option<ExitStatus> = None;
     let mut interrupted_by: Option<i32> = None;
     let mut kill_at: Option<Instant> = None;
     let mut drain_until: Option<Instant> = None;
     let mut sink_error: Option<io::Error> = None;
-    let stdout = io::stdout();
     let stderr = io::stderr();
 
     while open > 0 || status.is_none() {
@@ -284,25 +337,18 @@ fn merge(
         };
         match event {
             Event::Chunk(stream, bytes) => {
-                clean.clear();
-                match stream {
-                    Stream::Out => {
-                        strip_out.push(&bytes, &mut clean);
-                        let mut out = stdout.lock();
-                        let _ = out.write_all(&bytes).and_then(|()| out.flush());
-                    }
-                    Stream::Err => {
-                        strip_err.push(&bytes, &mut clean);
-                        let mut err = stderr.lock();
-                        let _ = console_err.write(&bytes, &mut err);
-                    }
-                }
-                if sink_error.is_none()
-                    && let Err(e) = sink.write_log(&clean)
-                {
-                    // Keep draining the pipes so the command is not blocked, then report.
-                    sink_error = Some(e);
-                }
+                let lane = match stream {
+                    Stream::Out => &mut out_lane,
+                    Stream::Err => &mut err_lane,
+                };
+                lane.push(&bytes);
+                deliver(
+                    stream,
+                    &lane.redacted,
+                    sink,
+                    &mut console_err,
+                    &mut sink_error,
+                );
             }
             Event::Closed => open -= 1,
             Event::ReadFailed(stream, e) => {
@@ -332,7 +378,21 @@ fn merge(
             }
         }
     }
+    for (stream, lane) in [(Stream::Out, &mut out_lane), (Stream::Err, &mut err_lane)] {
+        lane.finish();
+        deliver(
+            stream,
+            &lane.redacted,
+            sink,
+            &mut console_err,
+            &mut sink_error,
+        );
+    }
     let _ = console_err.finish(&mut stderr.lock());
+    let mut redactions = out_lane.redactor.counts();
+    for (rule, n) in err_lane.redactor.counts() {
+        *redactions.entry(rule).or_default() += n;
+    }
     if let Some(e) = sink_error {
         return Err(Error::io("cannot write the captured log", e));
     }
@@ -342,7 +402,35 @@ fn merge(
             io::Error::other("its waiter ended early"),
         )
     })?;
-    Ok((status, interrupted_by))
+    Ok((status, interrupted_by, redactions))
+}
+
+/// Sends redacted bytes to the console (stdout as is, stderr without debug lines) and the log.
+fn deliver(
+    stream: Stream,
+    bytes: &[u8],
+    sink: &mut dyn LogSink,
+    console_err: &mut DebugFilter,
+    sink_error: &mut Option<io::Error>,
+) {
+    if bytes.is_empty() {
+        return;
+    }
+    match stream {
+        Stream::Out => {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(bytes).and_then(|()| out.flush());
+        }
+        Stream::Err => {
+            let _ = console_err.write(bytes, &mut io::stderr().lock());
+        }
+    }
+    if sink_error.is_none()
+        && let Err(e) = sink.write_log(bytes)
+    {
+        // Keep draining the pipes so the command is not blocked, then report.
+        *sink_error = Some(e);
+    }
 }
 
 /// Hides Packer's timestamped debug lines (`2026/11/26 10:15:00 …`) from the console, a line at

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, Status};
 use crate::record::{self, RecordRequest, Recorded};
+use crate::redact;
 use crate::run::{self, RunReport, RunRequest};
 
 /// Proof of infrastructure builds, committed into git.
@@ -107,6 +108,23 @@ pub struct FilingArgs {
     /// Add a Signed-off-by trailer of the committer (default: `git config evidence.signoff`).
     #[arg(long)]
     pub signoff: bool,
+    /// Redact the value of this environment variable wherever it appears, whatever its name.
+    /// Repeatable.
+    #[arg(long = "redact-env", value_name = "NAME")]
+    pub redact_env: Vec<String>,
+    /// Redact every line of FILE (one secret per line) wherever it appears. Repeatable.
+    #[arg(long = "redact-file", value_name = "FILE")]
+    pub redact_files: Vec<PathBuf>,
+}
+
+impl FilingArgs {
+    fn redaction(&self) -> redact::Sources {
+        redact::Sources {
+            redact_env: self.redact_env.clone(),
+            redact_files: self.redact_files.clone(),
+            expressions: Vec::new(),
+        }
+    }
 }
 
 /// Parses `90`, `90s`, `5m`, `1h`.
@@ -317,6 +335,7 @@ fn record_request(args: &RecordArgs) -> Result<RecordRequest> {
         branch: args.filing.branch.clone(),
         root,
         signoff: args.filing.signoff.then_some(true),
+        redaction: args.filing.redaction(),
     })
 }
 
@@ -342,6 +361,7 @@ fn run_request(cli: &Cli, args: &RunArgs) -> Result<RunRequest> {
         grace: args.grace,
         keep_log: args.keep_log.clone(),
         show_debug: cli.verbose > 0,
+        redaction: args.filing.redaction(),
     })
 }
 

@@ -11,7 +11,9 @@
 //! - [`commit`]: the commit, and the compare-and-swap that lands it;
 //! - [`worktree`]: checked-out work trees brought up to date;
 //! - [`record`]: the `record` command tying them together;
-//! - [`capture`] (with [`ansi`]) and [`facts`]: the wrapped command's output and facts;
+//! - [`capture`] (with [`ansi`]): the wrapped command's output, streamed;
+//! - [`redact`]: secrets removed from every byte before it is stored or shown;
+//! - [`facts`] and [`proxmox`]: what is known about the run and the VM it made;
 //! - [`run`]: the `run` command, a Packer build captured and recorded;
 //! - [`cli`]: the command line.
 
@@ -25,7 +27,9 @@ pub mod index_page;
 pub mod logstore;
 pub mod names;
 pub mod proof;
+pub mod proxmox;
 pub mod record;
+pub mod redact;
 pub mod render;
 pub mod run;
 pub mod worktree;

@@ -106,6 +106,16 @@ pub fn offer_cli_facts(set: &mut FactSet, facts: &[Fact]) {
     }
 }
 
+/// Redacts the strings inside a JSON value.
+fn redact_value(value: &mut serde_json::Value, redactor: &mut crate::redact::Redactor) {
+    match value {
+        serde_json::Value::String(s) => *s = redactor.redact_str(s),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, redactor)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| redact_value(v, redactor)),
+        _ => {}
+    }
+}
+
 /// A VMID from a JSON number or a numeric string.
 fn vmid_of(value: &serde_json::Value) -> Option<u64> {
     match value {
@@ -302,6 +312,23 @@ impl RunFacts {
                 .insert(key.clone(), source.as_str().to_owned());
         }
         warnings
+    }
+
+    /// Redacts every text the proof will show: the command, the node, fact values (deep), and
+    /// the host name.
+    pub fn redact(&mut self, redactor: &mut crate::redact::Redactor) {
+        for arg in &mut self.command {
+            *arg = redactor.redact_str(arg);
+        }
+        if let Some(node) = &mut self.node {
+            *node = redactor.redact_str(node);
+        }
+        if let Some(host) = &mut self.host {
+            *host = redactor.redact_str(host);
+        }
+        for value in self.facts.values_mut() {
+            redact_value(value, redactor);
+        }
     }
 
     /// Checks that the facts agree with each other.

@@ -16,6 +16,7 @@ use crate::facts::FactSet;
 use crate::logstore;
 use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, RunFacts, Status};
+use crate::redact::{self, Redactor};
 use crate::worktree::{self, SyncReport};
 
 /// What to record, as the command line gives it.
@@ -36,6 +37,8 @@ pub struct RecordRequest {
     pub root: Option<EvidenceRoot>,
     /// Add `Signed-off-by:`; `git config evidence.signoff` when `None`.
     pub signoff: Option<bool>,
+    /// Secrets to redact besides those found in the environment.
+    pub redaction: redact::Sources,
 }
 
 /// The outcome of a successful `record`.
@@ -146,7 +149,82 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
     proof::offer_cli_facts(&mut set, &req.facts);
     facts.apply_facts(&set);
     facts.check()?;
-    record_run(repo, &target, &facts, &req.log)
+
+    // The log is redacted on the way in, into a private file; the caller's file is untouched.
+    let sources = with_config_expressions(repo, &req.redaction)?;
+    let config = redact::gather(&[], &sources).map_err(Error::Inconsistent)?;
+    let mut redactor = Redactor::new(&config).map_err(Error::Inconsistent)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("git-evidence-record-")
+        .tempdir()
+        .map_err(|e| Error::io("cannot create a private temporary directory", e))?;
+    let redacted = scratch.path().join(req.kind.log_file_name());
+    redact_file(&mut redactor, &req.log, &redacted)?;
+    facts.redact(&mut redactor);
+    facts.redactions = redactor.counts();
+    record_run(repo, &target, &facts, &redacted)
+}
+
+/// Adds the `git config evidence.redact` expressions (repeatable) to `sources`.
+pub fn with_config_expressions(
+    repo: &Repository,
+    sources: &redact::Sources,
+) -> Result<redact::Sources> {
+    let mut sources = sources.clone();
+    let config = repo
+        .config()
+        .map_err(|e| Error::git("cannot read git config", e))?;
+    if let Ok(entries) = config.multivar("evidence.redact", None) {
+        let mut entries = entries;
+        while let Some(Ok(entry)) = entries.next() {
+            if let Ok(value) = entry.value() {
+                sources.expressions.push(value.to_owned());
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// Copies `from` to a new private file `to`, redacted, streaming.
+fn redact_file(redactor: &mut Redactor, from: &Path, to: &Path) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |source| Error::LogUnreadable {
+        path: from.to_owned(),
+        source,
+    };
+    let mut input = std::fs::File::open(from).map_err(unreadable)?;
+    if !input.metadata().map_err(unreadable)?.is_file() {
+        return Err(unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let output = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(|e| Error::io(format!("cannot create {}", to.display()), e))?;
+    let mut output = std::io::BufWriter::new(output);
+    let write_err = |e| Error::io("cannot write the redacted log", e);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut out = Vec::with_capacity(buf.len());
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
+        out.clear();
+        redactor.push(&buf[..n], &mut out);
+        output.write_all(&out).map_err(write_err)?;
+    }
+    out.clear();
+    redactor.finish(&mut out);
+    output.write_all(&out).map_err(write_err)?;
+    output.flush().map_err(write_err)
 }
 
 /// Files a run whose log is the file at `log`, then brings checked-out work trees up to date.

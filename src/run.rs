@@ -25,6 +25,7 @@ use crate::facts::{self, FactSet, LogScanner, Source};
 use crate::names::{Kind, Template};
 use crate::proof::{self, Asset, Fact, RunFacts, Status, Validation};
 use crate::record::{self, Recorded};
+use crate::redact;
 
 /// Exit code when the build succeeded but its evidence could not be recorded (EX_TEMPFAIL:
 /// the log is kept; record it again with `git evidence record`).
@@ -53,6 +54,8 @@ pub struct RunRequest {
     /// Keep a copy of the stored log in this directory.
     pub keep_log: Option<PathBuf>,
     pub show_debug: bool,
+    /// Secrets to redact besides those found in the environment and argv.
+    pub redaction: redact::Sources,
 }
 
 /// How a run ended.
@@ -142,6 +145,8 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
             "no command to run: put it after --, e.g. git evidence run --template T -- packer build .".into(),
         ));
     }
+    let sources = record::with_config_expressions(repo, &req.redaction)?;
+    let redaction = redact::gather(&req.argv, &sources).map_err(Error::Inconsistent)?;
     let source_commit = repo.refname_to_id(&target.branch).ok();
     let source_dirty = dirty(repo);
 
@@ -165,8 +170,10 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
         env: env.clone(),
         show_debug: req.show_debug,
         grace: req.grace,
+        redaction: redaction.clone(),
     };
     let outcome = capture::run(&spec, &mut sink)?;
+    let mut redactions = outcome.redactions.clone();
 
     let mut warnings = Vec::new();
     let mut set = gather(req, &facts_path, outcome.started_at, &mut warnings);
@@ -194,8 +201,12 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
                 env,
                 show_debug: true,
                 grace: req.grace,
+                redaction: redaction.clone(),
             };
             let v = capture::run(&vspec, &mut sink)?;
+            for (rule, n) in &v.redactions {
+                *redactions.entry(rule.clone()).or_default() += n;
+            }
             finished_at = v.finished_at;
             validation_code = Some(v.exit_code);
             validation = Some(Validation {
@@ -220,12 +231,23 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
             });
         }
     }
+    // The log's facts so far (the VMID, mostly) tell the Proxmox API which VM the build made;
+    // it is read once, after the build and any validation. Its problems are warnings, in the
+    // log too.
+    set.offer_all(std::mem::take(&mut sink.scanner).finish(), Source::Log);
+    if req.kind == Kind::Build && outcome.exit_code == 0 && outcome.interrupted_by.is_none() {
+        for warning in crate::proxmox::offer_facts(&mut set) {
+            let line = format!("\n==> git-evidence: warning: {warning}\n");
+            sink.file
+                .write_all(line.as_bytes())
+                .map_err(|e| Error::io("cannot write the captured log", e))?;
+            warnings.push(warning);
+        }
+    }
     sink.file
         .flush()
         .map_err(|e| Error::io("cannot write the captured log", e))?;
     drop(sink.file);
-    let log_facts = sink.scanner.finish();
-    set.offer_all(log_facts, Source::Log);
 
     let status = if outcome.interrupted_by.is_some() {
         Status::Cancelled
@@ -263,6 +285,17 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
         assets: assets(repo, &req.assets, &mut warnings),
     };
     warnings.extend(facts.apply_facts(&set));
+    // Facts and the command line go into proof.json, README.md and the commit message: they
+    // are redacted like the log, and the replacements counted with the log's.
+    let mut redactor = redact::Redactor::new(&redaction).map_err(Error::Inconsistent)?;
+    facts.redact(&mut redactor);
+    for w in &mut warnings {
+        *w = redactor.redact_str(w);
+    }
+    for (rule, n) in redactor.counts() {
+        *redactions.entry(rule).or_default() += n;
+    }
+    facts.redactions = redactions;
 
     let kept_copy = match &req.keep_log {
         Some(dir) => match keep(&log_path, dir, req, outcome.started_at) {
@@ -291,7 +324,8 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
     ))
 }
 
-/// Facts from every source but the log (which is scanned as it streams).
+/// Facts from every source but the log (which is scanned as it streams) and the Proxmox API
+/// (read once, after the build).
 fn gather(
     req: &RunRequest,
     facts_path: &Path,

@@ -46,22 +46,22 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// What varies between the templates of these tests.
-struct Template {
-    username: String,
-    password: String,
+/// What varies between the templates of these tests (also used by `proxmox_api`).
+pub(crate) struct Template {
+    pub(crate) username: String,
+    pub(crate) password: String,
     /// `vm_id = …` when set; Packer picks one otherwise.
-    vm_id: Option<u32>,
-    unmount_iso: bool,
+    pub(crate) vm_id: Option<u32>,
+    pub(crate) unmount_iso: bool,
     /// HCL naming the ISO: `iso_file = …`, or `iso_url` and friends.
-    iso: String,
+    pub(crate) iso: String,
     /// HCL of the communicator.
-    communicator: String,
+    pub(crate) communicator: String,
 }
 
 impl Template {
     /// The simulator's credentials, `vm_id = 9000`.
-    fn for_sim(sim: &PveSim) -> Template {
+    pub(crate) fn for_sim(sim: &PveSim) -> Template {
         let options = sim.options();
         Template {
             username: options.username,
@@ -73,7 +73,7 @@ impl Template {
         }
     }
 
-    fn hcl(&self, sim: &PveSim) -> String {
+    pub(crate) fn hcl(&self, sim: &PveSim) -> String {
         let vm_id = self
             .vm_id
             .map(|id| format!("vm_id = {id}"))
