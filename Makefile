@@ -56,6 +56,7 @@ demo: build deps
 
 ## bench: performance goals, as ratios against baselines measured in the same run.
 bench: build
+	$(CARGO) bench --locked --bench redact
 	$(CARGO) bench --locked --bench record
 
 clean:

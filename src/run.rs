@@ -174,6 +174,8 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
     };
     let outcome = capture::run(&spec, &mut sink)?;
     let mut redactions = outcome.redactions.clone();
+    // For what git-evidence itself adds to the log and the proof: the same rules.
+    let mut redactor = redact::Redactor::new(&redaction).map_err(Error::Inconsistent)?;
 
     let mut warnings = Vec::new();
     let mut set = gather(req, &facts_path, outcome.started_at, &mut warnings);
@@ -185,7 +187,7 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
     if let Some(cmd) = &req.validate {
         if outcome.exit_code == 0 && outcome.interrupted_by.is_none() {
             let separator = format!("\n==> git-evidence: validation: {cmd}\n");
-            sink.write_log(separator.as_bytes())
+            sink.write_log(&redactor.redact_bytes(separator.as_bytes()))
                 .map_err(|e| Error::io("cannot write the captured log", e))?;
             for (key, var) in [("vmid", "EVIDENCE_VMID"), ("node", "EVIDENCE_NODE")] {
                 if let Some(v) = set.get(key) {
@@ -239,7 +241,7 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
         for warning in crate::proxmox::offer_facts(&mut set) {
             let line = format!("\n==> git-evidence: warning: {warning}\n");
             sink.file
-                .write_all(line.as_bytes())
+                .write_all(&redactor.redact_bytes(line.as_bytes()))
                 .map_err(|e| Error::io("cannot write the captured log", e))?;
             warnings.push(warning);
         }
@@ -287,7 +289,6 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
     warnings.extend(facts.apply_facts(&set));
     // Facts and the command line go into proof.json, README.md and the commit message: they
     // are redacted like the log, and the replacements counted with the log's.
-    let mut redactor = redact::Redactor::new(&redaction).map_err(Error::Inconsistent)?;
     facts.redact(&mut redactor);
     for w in &mut warnings {
         *w = redactor.redact_str(w);
