@@ -144,8 +144,16 @@ static KEYSTROKE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
-const PEM_END: &[u8] = b"-----END ";
-const PRIVATE_KEY: &[u8] = b"PRIVATE KEY-----";
+
+/// Searchers for the line markers, built once.
+static PEM_BEGIN_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(PEM_BEGIN));
+static PEM_END_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"-----END "));
+static PRIVATE_KEY_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"PRIVATE KEY-----"));
+static KEYSTROKE_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"Sending char "));
 
 /// Where each secret came from, for `[REDACTED:<rule>]` and the counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -578,58 +586,70 @@ impl Redactor {
         span.end
     }
 
-    /// Keystroke lines and private-key blocks, found line by line in `window[..settled]`.
+    /// Keystroke lines and private-key blocks in `window[..settled]`. Lines are looked at one
+    /// by one only inside a key block; elsewhere the markers are searched for in the whole
+    /// region, so ordinary lines cost nothing here.
     fn line_rules(&mut self, window: &[u8], settled: usize, at_end: bool, spans: &mut Vec<Span>) {
-        let (keystroke, pem) = (self.keystroke_rule, self.pem_rule);
         let region = &window[..settled];
-        let mut start = 0;
-        while start < region.len() {
+        let line_at = |start: usize| {
             let end = memchr::memchr(b'\n', &region[start..]).map_or(region.len(), |i| start + i);
             // A line without its end is only whole at the end of the stream.
-            let complete = end < region.len() || at_end;
-            let line = &region[start..end];
-            let body_end = if line.ends_with(b"\r") { end - 1 } else { end };
+            (end, end < region.len() || at_end)
+        };
+        let mut pos = 0;
+        while pos < region.len() {
             if self.in_pem {
-                let ends = complete && memchr::memmem::find(line, PEM_END).is_some();
+                let (end, complete) = line_at(pos);
+                let line = &region[pos..end];
+                let body_end = if line.ends_with(b"\r") { end - 1 } else { end };
+                let ends = complete && PEM_END_FINDER.find(line).is_some();
                 if ends || self.pem_lines >= MAX_PEM_LINES {
                     self.in_pem = false;
-                } else if body_end > start {
+                } else if body_end > pos {
                     if complete {
                         self.pem_lines += 1;
                     }
                     spans.push(Span {
-                        start,
+                        start: pos,
                         end: body_end,
-                        rule: pem,
+                        rule: self.pem_rule,
                         counted: false,
                         literal: false,
                     });
                 }
-            } else if complete {
-                if let Some(i) = memchr::memmem::find(line, PEM_BEGIN)
-                    && memchr::memmem::find(&line[i..], PRIVATE_KEY).is_some()
-                    && memchr::memmem::find(&line[i + PEM_BEGIN.len()..], PEM_END).is_none()
-                {
-                    self.in_pem = true;
-                    self.pem_lines = 0;
-                    self.counts[pem] += 1;
-                } else if memchr::memmem::find(line, b"Sending char '").is_some()
-                    && let Some(caps) = KEYSTROKE.captures(line)
-                {
-                    for g in 1..=3 {
-                        if let Some(m) = caps.get(g) {
-                            spans.push(Span {
-                                start: start + m.start(),
-                                end: start + m.end(),
-                                rule: keystroke,
-                                counted: true,
-                                literal: false,
-                            });
-                        }
-                    }
+                pos = end + 1;
+                continue;
+            }
+            let rest = &region[pos..];
+            let begin = PEM_BEGIN_FINDER.find(rest);
+            let key = KEYSTROKE_FINDER.find(rest);
+            let Some(hit) = begin.into_iter().chain(key).min() else {
+                break;
+            };
+            let hit = pos + hit;
+            let line_start = memchr::memrchr(b'\n', &region[..hit]).map_or(0, |i| i + 1);
+            let (end, complete) = line_at(hit);
+            let line = &region[line_start..end];
+            if complete
+                && let Some(i) = PEM_BEGIN_FINDER.find(line)
+                && PRIVATE_KEY_FINDER.find(&line[i..]).is_some()
+                && PEM_END_FINDER.find(&line[i + PEM_BEGIN.len()..]).is_none()
+            {
+                self.in_pem = true;
+                self.pem_lines = 0;
+                self.counts[self.pem_rule] += 1;
+            } else if complete && let Some(caps) = KEYSTROKE.captures(line) {
+                for m in (1..=3).filter_map(|g| caps.get(g)) {
+                    spans.push(Span {
+                        start: line_start + m.start(),
+                        end: line_start + m.end(),
+                        rule: self.keystroke_rule,
+                        counted: true,
+                        literal: false,
+                    });
                 }
             }
-            start = end + 1;
+            pos = end + 1;
         }
     }
 }
