@@ -9,7 +9,8 @@
 //! - [`logstore`]: the log streamed into the object database, hashed on the way;
 //! - [`render`] and [`index_page`]: the human-readable texts;
 //! - [`commit`]: the commit, and the compare-and-swap that lands it;
-//! - [`worktree`]: checked-out work trees brought up to date;
+//! - [`worktree`]: checked-out work trees brought up to date, their indexes updated in place by
+//!   [`git_index`];
 //! - [`record`]: the `record` command tying them together;
 //! - [`capture`] (with [`ansi`]): the wrapped command's output, streamed;
 //! - [`redact`]: secrets removed from every byte before it is stored or shown;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod commit;
 pub mod error;
 pub mod facts;
+pub mod git_index;
 pub mod index_page;
 pub mod logstore;
 pub mod names;

@@ -10,6 +10,8 @@
 //! differs from what git-evidence last wrote is reported as a conflict and left alone. The
 //! commit stands either way. Updates of one work tree are serialised with an advisory lock, and
 //! always bring a path to the branch tip *at that moment*, so concurrent recorders converge.
+//! Its index is held under git's own `index.lock` from the first look to the write (see
+//! [`git_index`]), so a concurrent git command is refused rather than having its update lost.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -19,6 +21,7 @@ use std::time::Duration;
 use git2::{ErrorCode, IndexEntry, IndexTime, ObjectType, Oid, Repository};
 
 use crate::error::{Error, Result};
+use crate::git_index::{self, LockedIndex, NewEntry, Opened};
 
 /// A path of one work tree that was left alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,9 +124,7 @@ fn sync_one(
     let tip = tip_commit
         .tree()
         .map_err(|e| Error::git(format!("cannot read {branch}"), e))?;
-    let mut index = wt
-        .index()
-        .map_err(|e| Error::git(format!("cannot read the index of {}", workdir.display()), e))?;
+    let mut index = Staging::open(wt, workdir, paths)?;
     let symlinks = wt
         .config()
         .and_then(|c| c.get_bool("core.symlinks"))
@@ -139,11 +140,8 @@ fn sync_one(
             continue; // gone from the tip again: nothing to bring in
         };
         let (id, mode) = (entry.id(), entry.filemode() as u32);
-        let staged = index.get_path(Path::new(path), 0);
-        if staged
-            .as_ref()
-            .is_some_and(|s| s.id == id && s.mode == mode)
-        {
+        let staged = index.get(path);
+        if staged == Some((id, mode)) {
             continue; // already there: another recorder synced it
         }
         let file = workdir.join(path);
@@ -164,12 +162,12 @@ fn sync_one(
                     .push(conflict(path, "deleted in the work tree"));
                 continue;
             }
-            (Some(s), Some(_)) => {
-                if blob_id_of(&file)? != Some(s.id) {
+            (Some((staged_id, _)), Some(_)) => {
+                if blob_id_of(&file)? != Some(*staged_id) {
                     report.conflicts.push(conflict(path, "has local changes"));
                     continue;
                 }
-                if !written_by_us(&tip_commit, path, s.id) {
+                if !written_by_us(&tip_commit, path, *staged_id) {
                     report.conflicts.push(conflict(path, "has staged changes"));
                     continue;
                 }
@@ -179,13 +177,11 @@ fn sync_one(
         report.written += 1;
         let meta = fs::symlink_metadata(&file)
             .map_err(|e| Error::io(format!("cannot stat {}", file.display()), e))?;
-        index
-            .add(&index_entry(path, id, mode, &meta))
-            .map_err(|e| Error::git(format!("cannot stage {path}"), e))?;
+        index.add(path, id, mode, &meta)?;
         touched = true;
     }
     if touched {
-        write_index(&mut index, workdir)?;
+        index.write(workdir)?;
     }
     Ok(())
 }
@@ -212,6 +208,92 @@ fn written_by_us(tip: &git2::Commit<'_>, path: &str, id: Oid) -> bool {
     false
 }
 
+/// The index of one work tree while it is being updated.
+enum Staging {
+    /// Held under `index.lock` from the first look to the write, and rewritten in place: the
+    /// fast path, independent of the index's size.
+    Locked(LockedIndex),
+    /// Loaded whole by libgit2: for indexes the fast path does not handle.
+    Loaded(git2::Index),
+}
+
+impl Staging {
+    fn open(wt: &Repository, workdir: &Path, paths: &[String]) -> Result<Staging> {
+        let sha1 = wt
+            .config()
+            .and_then(|c| c.get_string("extensions.objectformat"))
+            .map_or(true, |format| format.eq_ignore_ascii_case("sha1"));
+        if sha1 {
+            let opened = LockedIndex::open(wt.path()).map_err(|e| index_error(workdir, e))?;
+            let why = match opened {
+                Opened::Ready(index) => match paths.iter().find_map(|p| index.unsupported(p)) {
+                    None => return Ok(Staging::Locked(index)),
+                    Some(why) => why, // dropping `index` releases the lock
+                },
+                Opened::Unsupported(why) => why,
+            };
+            tracing::debug!(worktree = %workdir.display(), "updating the index with libgit2: {why}");
+        }
+        wt.index()
+            .map(Staging::Loaded)
+            .map_err(|e| Error::git(format!("cannot read the index of {}", workdir.display()), e))
+    }
+
+    /// The id and mode staged at `path` (stage 0).
+    fn get(&self, path: &str) -> Option<(Oid, u32)> {
+        match self {
+            Staging::Locked(index) => index
+                .get(path)
+                .map(|(id, mode)| (Oid::from_bytes(&id).expect("20-byte id"), mode)),
+            Staging::Loaded(index) => index.get_path(Path::new(path), 0).map(|e| (e.id, e.mode)),
+        }
+    }
+
+    fn add(&mut self, path: &str, id: Oid, mode: u32, meta: &fs::Metadata) -> Result<()> {
+        match self {
+            Staging::Locked(index) => {
+                let raw = id.as_bytes().try_into().expect("SHA-1 ids have 20 bytes");
+                index.add(NewEntry::new(path, raw, mode, meta));
+                Ok(())
+            }
+            Staging::Loaded(index) => index
+                .add(&index_entry(path, id, mode, meta))
+                .map_err(|e| Error::git(format!("cannot stage {path}"), e)),
+        }
+    }
+
+    fn write(self, workdir: &Path) -> Result<()> {
+        match self {
+            Staging::Locked(index) => index.commit().map_err(|e| index_error(workdir, e)),
+            Staging::Loaded(mut index) => write_index(&mut index, workdir),
+        }
+    }
+}
+
+fn index_error(workdir: &Path, e: git_index::Error) -> Error {
+    let context = format!("cannot write the index of {}", workdir.display());
+    match e {
+        git_index::Error::Locked(_) => locked(context),
+        git_index::Error::Io {
+            context: what,
+            source,
+        } => Error::Io {
+            context: format!("{context}: {what}"),
+            source,
+        },
+    }
+}
+
+fn locked(context: String) -> Error {
+    Error::Io {
+        context,
+        source: io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "index.lock stayed locked by another git process",
+        ),
+    }
+}
+
 /// Writes the index, waiting a little for a concurrent git command to release `index.lock`.
 fn write_index(index: &mut git2::Index, workdir: &Path) -> Result<()> {
     let mut pause = Duration::from_millis(5);
@@ -230,13 +312,10 @@ fn write_index(index: &mut git2::Index, workdir: &Path) -> Result<()> {
             }
         }
     }
-    Err(Error::Io {
-        context: format!("cannot write the index of {}", workdir.display()),
-        source: io::Error::new(
-            io::ErrorKind::WouldBlock,
-            "index.lock stayed locked by another git process",
-        ),
-    })
+    Err(locked(format!(
+        "cannot write the index of {}",
+        workdir.display()
+    )))
 }
 
 /// The blob id git would give the file (or link) at `path`, `None` for a directory.
@@ -346,5 +425,172 @@ fn index_entry(path: &str, id: Oid, mode: u32, meta: &fs::Metadata) -> IndexEntr
         flags: path.len().min(0xfff) as u16,
         flags_extended: 0,
         path: path.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// A hermetic repository on `main` with one commit, driven by the real git CLI.
+    struct Repo {
+        dir: tempfile::TempDir,
+    }
+
+    impl Repo {
+        fn new() -> Repo {
+            let repo = Repo {
+                dir: tempfile::tempdir().expect("temp dir"),
+            };
+            repo.git(&["init", "-q", "-b", "main", "."], None);
+            fs::create_dir_all(repo.root().join("evidence")).unwrap();
+            fs::write(repo.root().join("evidence/README.md"), "v1\n").unwrap();
+            fs::write(repo.root().join("build.pkr.hcl"), "# template\n").unwrap();
+            repo.git(&["add", "-A"], None);
+            repo.git(&["commit", "-q", "-m", "seed"], None);
+            repo
+        }
+
+        fn root(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn command(&self, args: &[&str]) -> Command {
+            let mut cmd = Command::new("git");
+            cmd.args(args)
+                .current_dir(self.root())
+                .env_remove("GIT_DIR")
+                .env_remove("GIT_WORK_TREE")
+                .env_remove("GIT_INDEX_FILE")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("HOME", self.root())
+                .env("GIT_AUTHOR_NAME", "Test")
+                .env("GIT_AUTHOR_EMAIL", "test@example.com")
+                .env("GIT_COMMITTER_NAME", "Test")
+                .env("GIT_COMMITTER_EMAIL", "test@example.com")
+                .stdin(Stdio::null());
+            cmd
+        }
+
+        fn git(&self, args: &[&str], index: Option<&Path>) -> String {
+            let mut cmd = self.command(args);
+            if let Some(index) = index {
+                cmd.env("GIT_INDEX_FILE", index);
+            }
+            let out = cmd.output().expect("run git");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).expect("utf-8")
+        }
+
+        /// Commits `files` onto `main` the way record does: without touching the work tree or
+        /// its index. Returns the paths, for [`sync`].
+        fn commit_behind_the_index(&self, files: &[(&str, &str)]) -> Vec<String> {
+            let scratch = self.root().join(".git/scratch-index");
+            let _ = fs::remove_file(&scratch);
+            self.git(&["read-tree", "main"], Some(&scratch));
+            for (path, content) in files {
+                let blob = self.root().join(".git/scratch-blob");
+                fs::write(&blob, content).unwrap();
+                let id = self.git(&["hash-object", "-w", ".git/scratch-blob"], None);
+                let info = format!("100644,{},{path}", id.trim());
+                self.git(
+                    &["update-index", "--add", "--cacheinfo", &info],
+                    Some(&scratch),
+                );
+            }
+            let tree = self.git(&["write-tree"], Some(&scratch));
+            let commit = self.git(
+                &["commit-tree", tree.trim(), "-p", "main", "-m", "record"],
+                None,
+            );
+            self.git(&["update-ref", "refs/heads/main", commit.trim()], None);
+            files.iter().map(|(p, _)| p.to_string()).collect()
+        }
+
+        fn open(&self) -> Repository {
+            Repository::open(self.root()).expect("open")
+        }
+
+        fn assert_in_step(&self) {
+            assert_eq!(self.git(&["status", "--porcelain"], None), "");
+            assert_eq!(
+                self.git(&["diff", "--cached", "--name-only", "HEAD"], None),
+                ""
+            );
+            self.git(&["fsck", "--no-progress"], None);
+        }
+    }
+
+    fn staging_kind(repo: &Repo, paths: &[String]) -> &'static str {
+        let wt = repo.open();
+        match Staging::open(&wt, repo.root(), paths).expect("open the index") {
+            Staging::Locked(_) => "in place",
+            Staging::Loaded(_) => "libgit2",
+        }
+    }
+
+    #[test]
+    fn a_plain_index_is_updated_in_place_and_left_in_step_with_the_branch() {
+        let repo = Repo::new();
+        let paths = repo.commit_behind_the_index(&[
+            ("evidence/README.md", "v2\n"),
+            ("evidence/builds/t/r1/proof.json", "{}\n"),
+        ]);
+        assert_eq!(staging_kind(&repo, &paths), "in place");
+        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        assert_eq!(report.written, 2);
+        assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
+        repo.assert_in_step();
+        // The cache-tree git relies on for the next commit agrees with the entries.
+        repo.git(&["commit", "-q", "--allow-empty", "-m", "by hand"], None);
+        assert_eq!(
+            repo.git(&["rev-parse", "HEAD^{tree}"], None),
+            repo.git(&["rev-parse", "HEAD~1^{tree}"], None)
+        );
+    }
+
+    #[test]
+    fn a_format_4_index_is_updated_by_libgit2() {
+        let repo = Repo::new();
+        repo.git(&["update-index", "--index-version", "4"], None);
+        let paths = repo.commit_behind_the_index(&[("evidence/README.md", "v2\n")]);
+        assert_eq!(staging_kind(&repo, &paths), "libgit2");
+        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        assert_eq!(report.written, 1);
+        repo.assert_in_step();
+    }
+
+    #[test]
+    fn an_unmerged_path_goes_to_libgit2_and_is_left_alone() {
+        let repo = Repo::new();
+        repo.git(&["checkout", "-q", "-b", "side"], None);
+        fs::write(repo.root().join("evidence/README.md"), "side\n").unwrap();
+        repo.git(&["commit", "-q", "-am", "side"], None);
+        repo.git(&["checkout", "-q", "main"], None);
+        fs::write(repo.root().join("evidence/README.md"), "main\n").unwrap();
+        repo.git(&["commit", "-q", "-am", "main"], None);
+        let merge = repo
+            .command(&["merge", "-q", "side"])
+            .output()
+            .expect("git merge");
+        assert!(!merge.status.success(), "the merge must conflict");
+        let paths = repo.commit_behind_the_index(&[("evidence/README.md", "v2\n")]);
+        assert_eq!(staging_kind(&repo, &paths), "libgit2");
+        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        assert_eq!(report.written, 0);
+        assert_eq!(report.conflicts.len(), 1, "{:?}", report.conflicts);
+        assert_eq!(
+            repo.git(&["ls-files", "-u", "evidence/README.md"], None)
+                .lines()
+                .count(),
+            3,
+            "the conflict is still there"
+        );
     }
 }
