@@ -129,7 +129,9 @@ fn main() {
         extra: vec!["corp-[0-9]{6}".into()],
     };
     let mb = LOG_BYTES as f64 / 1e6;
-    println!("== redaction: {mb:.0} MB Packer-like log, {SECRETS} secrets (+ derived forms), all patterns");
+    println!(
+        "== redaction: {mb:.0} MB Packer-like log, {SECRETS} secrets (+ derived forms), all patterns"
+    );
     let (mut red, mut copy) = (Vec::new(), Vec::new());
     for i in 0..REPS {
         // Alternate the order so neither side always runs with a warmer cache.
