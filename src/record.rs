@@ -239,7 +239,11 @@ pub fn record_run(
     let filed = commit::file(repo, target, facts, &digest)?;
     let branch = target.branch.clone();
     let (sync, sync_error) = if filed.reference == branch {
-        match worktree::sync(repo, &branch, &filed.changed) {
+        let sources = [worktree::Source {
+            blob: digest.blob,
+            file: log,
+        }];
+        match worktree::sync(repo, &branch, &filed.changed, &sources) {
             Ok(report) => (report, None),
             Err(e) => (SyncReport::default(), Some(e.to_string())),
         }

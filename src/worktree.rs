@@ -41,15 +41,28 @@ pub struct SyncReport {
     pub conflicts: Vec<Conflict>,
 }
 
+/// A local file known to hold the same bytes as a blob (the log just stored): copying it is
+/// cheaper than inflating the object, and reading it does not map the whole object into memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub blob: Oid,
+    pub file: &'a Path,
+}
+
 /// Updates every work tree that has `branch` checked out so that `paths` match the branch tip.
-pub fn sync(repo: &Repository, branch: &str, paths: &[String]) -> Result<SyncReport> {
+pub fn sync(
+    repo: &Repository,
+    branch: &str,
+    paths: &[String],
+    sources: &[Source<'_>],
+) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     for wt in checked_out(repo, branch)? {
         let Some(workdir) = wt.workdir().map(Path::to_path_buf) else {
             continue;
         };
         report.worktrees.push(workdir.clone());
-        sync_one(&wt, &workdir, branch, paths, &mut report)?;
+        sync_one(&wt, &workdir, branch, paths, sources, &mut report)?;
     }
     Ok(report)
 }
@@ -114,6 +127,7 @@ fn sync_one(
     workdir: &Path,
     branch: &str,
     paths: &[String],
+    sources: &[Source<'_>],
     report: &mut SyncReport,
 ) -> Result<()> {
     let _lock = WorktreeLock::acquire(wt.path())?;
@@ -173,7 +187,8 @@ fn sync_one(
                 }
             }
         }
-        write_path(wt, &file, id, mode, symlinks)?;
+        let source = sources.iter().find(|s| s.blob == id).map(|s| s.file);
+        write_path(wt, &file, id, mode, symlinks, source)?;
         report.written += 1;
         let meta = fs::symlink_metadata(&file)
             .map_err(|e| Error::io(format!("cannot stat {}", file.display()), e))?;
@@ -339,7 +354,16 @@ fn blob_id_of(path: &Path) -> Result<Option<Oid>> {
 }
 
 /// Writes blob `id` to `file` atomically (temp file + rename), as a symlink for mode 120000.
-fn write_path(repo: &Repository, file: &Path, id: Oid, mode: u32, symlinks: bool) -> Result<()> {
+/// `source`, when given, is a file expected to hold the blob's bytes; it is used only if its
+/// content hashes to `id`.
+fn write_path(
+    repo: &Repository,
+    file: &Path,
+    id: Oid,
+    mode: u32,
+    symlinks: bool,
+    source: Option<&Path>,
+) -> Result<()> {
     let dir = file.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
@@ -364,10 +388,19 @@ fn write_path(repo: &Repository, file: &Path, id: Oid, mode: u32, symlinks: bool
         .prefix(".git-evidence-")
         .tempfile_in(dir)
         .map_err(io_err)?;
-    copy_blob(&odb, repo, id, tmp.as_file_mut()).map_err(|e| match e {
-        CopyError::Git(e) => Error::git(format!("cannot read {id}"), e),
-        CopyError::Io(e) => io_err(e),
-    })?;
+    let copied = match source {
+        Some(src) => copy_verified(src, tmp.as_file_mut(), id).unwrap_or(false),
+        None => false,
+    };
+    if !copied {
+        let out = tmp.as_file_mut();
+        out.set_len(0).map_err(io_err)?;
+        io::Seek::rewind(out).map_err(io_err)?;
+        copy_blob(&odb, repo, id, out).map_err(|e| match e {
+            CopyError::Git(e) => Error::git(format!("cannot read {id}"), e),
+            CopyError::Io(e) => io_err(e),
+        })?;
+    }
     {
         use std::os::unix::fs::PermissionsExt;
         let perms = if mode == 0o100755 { 0o755 } else { 0o644 };
@@ -375,6 +408,30 @@ fn write_path(repo: &Repository, file: &Path, id: Oid, mode: u32, symlinks: bool
     }
     tmp.persist(file).map_err(|e| io_err(e.error))?;
     Ok(())
+}
+
+/// Copies `src` into `out`, hashing it the way git names a blob; true when the copy is blob
+/// `id` byte for byte (false when the file changed since it was stored).
+fn copy_verified(src: &Path, out: &mut File, id: Oid) -> io::Result<bool> {
+    use sha1::Digest as _;
+    let mut input = File::open(src)?;
+    let len = input.metadata()?.len();
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+    out.flush()?;
+    let digest = hasher.finalize();
+    Ok(copied == len && Oid::from_bytes(&digest).is_ok_and(|o| o == id))
 }
 
 enum CopyError {
@@ -543,7 +600,7 @@ mod tests {
             ("evidence/builds/t/r1/proof.json", "{}\n"),
         ]);
         assert_eq!(staging_kind(&repo, &paths), "in place");
-        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        let report = sync(&repo.open(), "refs/heads/main", &paths, &[]).expect("sync");
         assert_eq!(report.written, 2);
         assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
         repo.assert_in_step();
@@ -561,7 +618,7 @@ mod tests {
         repo.git(&["update-index", "--index-version", "4"], None);
         let paths = repo.commit_behind_the_index(&[("evidence/README.md", "v2\n")]);
         assert_eq!(staging_kind(&repo, &paths), "libgit2");
-        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        let report = sync(&repo.open(), "refs/heads/main", &paths, &[]).expect("sync");
         assert_eq!(report.written, 1);
         repo.assert_in_step();
     }
@@ -582,7 +639,7 @@ mod tests {
         assert!(!merge.status.success(), "the merge must conflict");
         let paths = repo.commit_behind_the_index(&[("evidence/README.md", "v2\n")]);
         assert_eq!(staging_kind(&repo, &paths), "libgit2");
-        let report = sync(&repo.open(), "refs/heads/main", &paths).expect("sync");
+        let report = sync(&repo.open(), "refs/heads/main", &paths, &[]).expect("sync");
         assert_eq!(report.written, 0);
         assert_eq!(report.conflicts.len(), 1, "{:?}", report.conflicts);
         assert_eq!(

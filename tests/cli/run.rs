@@ -507,13 +507,14 @@ fn bad_input_is_refused_before_the_build_starts() {
 #[test]
 fn three_hundred_megabytes_of_output_stream_through_in_bounded_memory() {
     let env = Env::new();
-    let bare = env.bare_repo("bare.git");
+    // A work tree, so the log is also written out there: the most memory any record needs.
+    let repo = env.repo("repo");
     let bytes: u64 = 300_000_000;
     let script = format!(
         "head -c {} /dev/urandom | base64 -w 76 | head -c {bytes}",
         bytes * 3 / 4 + 1000
     );
-    let mut cmd = run_cmd(&env, &bare, &["--template", "big"], &["sh", "-c", &script]);
+    let mut cmd = run_cmd(&env, &repo, &["--template", "big"], &["sh", "-c", &script]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let pid = child.id() as i32;
@@ -533,13 +534,21 @@ fn three_hundred_megabytes_of_output_stream_through_in_bounded_memory() {
     );
     let proof = json(&latest_file(
         &env,
-        &bare,
+        &repo,
         "main",
         "evidence/builds/big",
         "proof.json",
     ));
     assert_eq!(proof["log_bytes"], bytes, "the log is complete");
     drop(child);
+    let on_disk = std::fs::metadata(
+        repo.join("evidence/builds/big")
+            .join(proof["run_id"].as_str().unwrap())
+            .join("packer.log"),
+    )
+    .unwrap();
+    assert_eq!(on_disk.len(), bytes, "the work tree has the whole log");
+    assert_eq!(env.git(&repo, ["status", "--porcelain"]), "");
 }
 
 #[test]
