@@ -86,11 +86,13 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             1,
             r"(?i)\b[a-z][a-z0-9+.-]{0,30}://([^/\s:@\x22']{1,256}:[^/\s@\x22']{1,256})@",
         ),
+        // `password=`, `ssh_password: `, `"api_key": "…"`, `secrets=`: the key ends in one of
+        // these words (a longer key like `keyboard` does not match, nor does its value).
         pattern(
             "key-value",
             1,
             &format!(
-                r#"(?i)[a-z0-9_.-]{{0,64}}(?:password|passwd|passphrase|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|credentials?)[a-z0-9_.-]{{0,64}}[\x22']?[ \t]{{0,4}}[:=][ \t]{{0,4}}[\x22']?({V})"#
+                r#"(?i:pass|secret|token|key|credential|pwd)(?i:word|wd|phrase|s)?[\x22']?[ \t]{{0,4}}[:=][ \t]{{0,4}}[\x22']?({V})"#
             ),
         ),
         pattern(
@@ -188,6 +190,10 @@ pub struct Redactor {
     literals: Option<AhoCorasick>,
     /// Rule index of each literal pattern.
     literal_rules: Vec<usize>,
+    /// For a literal that is the first MIN_PREFIX bytes of a secret, the secret: a match is
+    /// extended over as much of it as follows, so a truncated copy (`cut -c1-10`, a line cut
+    /// short) goes too. Shorter prefixes would match ordinary text.
+    literal_prefix_of: Vec<Option<Vec<u8>>>,
     extra: Vec<Regex>,
     /// Rule names, each once; spans refer to them by index.
     rules: Vec<String>,
@@ -334,12 +340,6 @@ pub fn derived_forms(secret: &[u8]) -> Vec<Vec<u8>> {
             forms.push(text.chars().rev().collect::<String>().into_bytes());
         }
     }
-    // A truncated copy (`cut -c1-10`, a log line cut short) still gives most of the secret
-    // away: every prefix of MIN_PREFIX bytes or more is redacted too. Shorter ones would match
-    // ordinary text.
-    for len in MIN_PREFIX..secret.len() {
-        forms.push(secret[..len].to_vec());
-    }
     forms.retain(|f| f.len() >= MIN_SECRET && f != secret);
     forms.sort();
     forms.dedup();
@@ -367,6 +367,7 @@ impl Redactor {
         let config_rule = rule_index("config", &mut rules);
         let mut literals: Vec<Vec<u8>> = Vec::new();
         let mut literal_rules = Vec::new();
+        let mut literal_prefix_of = Vec::new();
         for secret in &config.secrets {
             // Multi-line secrets (a key in a variable) are matched line by line.
             for line in secret.value.split(|&b| b == b'\n') {
@@ -379,7 +380,13 @@ impl Redactor {
                     if form.len() <= MAX_MATCH && !literals.contains(&form) {
                         literals.push(form);
                         literal_rules.push(rule);
+                        literal_prefix_of.push(None);
                     }
+                }
+                if line.len() > MIN_PREFIX {
+                    literals.push(line[..MIN_PREFIX].to_vec());
+                    literal_rules.push(rule);
+                    literal_prefix_of.push(Some(line.to_vec()));
                 }
             }
         }
@@ -387,8 +394,10 @@ impl Redactor {
             None
         } else {
             Some(
+                // Every occurrence, overlapping ones too: two secrets that overlap in the
+                // text must both go, which leftmost matching would not guarantee.
                 AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
+                    .match_kind(MatchKind::Standard)
                     .build(&literals)
                     .map_err(|e| format!("cannot build the secret matcher: {e}"))?,
             )
@@ -405,6 +414,7 @@ impl Redactor {
         Ok(Redactor {
             literals: literals_ac,
             literal_rules,
+            literal_prefix_of,
             extra,
             rules,
             pattern_rules,
@@ -486,14 +496,22 @@ impl Redactor {
         let mut spans = Vec::new();
         self.line_rules(window, settled, at_end, &mut spans);
         if let Some(ac) = &self.literals {
-            for m in ac.find_iter(window) {
+            for m in ac.find_overlapping_iter(window) {
                 if m.start() >= settled {
-                    break;
+                    continue;
                 }
+                let id = m.pattern().as_usize();
+                let end = match &self.literal_prefix_of[id] {
+                    Some(secret) => {
+                        let rest = &window[m.start()..];
+                        rest.iter().zip(secret).take_while(|(a, b)| a == b).count() + m.start()
+                    }
+                    None => m.end(),
+                };
                 spans.push(Span {
                     start: m.start(),
-                    end: m.end(),
-                    rule: self.literal_rules[m.pattern().as_usize()],
+                    end,
+                    rule: self.literal_rules[id],
                     counted: true,
                     literal: true,
                 });
@@ -845,11 +863,12 @@ mod tests {
         let b64_embedded =
             base64::engine::general_purpose::STANDARD.encode(format!("root:{secret}"));
         let input = format!(
-            "a {secret} b\nb64={b64}\nbasic={b64_embedded}\nupper={}\nrev={}\nurl={}\njson={}\nclean line\n",
+            "a {secret} b\nb64={b64}\nbasic={b64_embedded}\nupper={}\nrev={}\nurl={}\njson={}\npart={}\nclean line\n",
             secret.to_uppercase(),
             secret.chars().rev().collect::<String>(),
             "s3cr3t-T0KEN-abc123".replace('-', "%2D"),
             serde_json::to_string("s3cr3t-T0KEN-abc123").unwrap(),
+            &secret[..10],
         );
         for chunk in [1, 3, 17, 4096] {
             let (out, counts) = redact(&secrets(&[secret]), input.as_bytes(), chunk);
@@ -864,7 +883,11 @@ mod tests {
             assert!(out.contains("a [REDACTED:env] b\n"), "{out}");
             assert!(out.ends_with("clean line\n"), "{out}");
             assert_eq!(out.lines().count(), input.lines().count());
-            assert!(counts["env"] >= 7, "{counts:?}");
+            assert!(
+                out.contains("part=[REDACTED:env]\n"),
+                "a truncated copy goes: {out}"
+            );
+            assert!(counts["env"] >= 8, "{counts:?}");
         }
     }
 
@@ -904,7 +927,7 @@ mod tests {
             ("ssh_password=Pa55w0rd!Xy\n", "Pa55w0rd", "key-value"),
             ("\"winrm_password\": \"W1nRM-pw\"\n", "W1nRM", "key-value"),
             (
-                "token-from-env=s3cr3t-T0KEN-abc123\n",
+                "export API_TOKEN=s3cr3t-T0KEN-abc123\n",
                 "s3cr3t",
                 "key-value",
             ),
