@@ -188,6 +188,7 @@ pub struct RecordArgs {
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::tune_libgit2();
     init_logging(&cli);
     match run(&cli) {
         Ok(code) => code,

@@ -38,6 +38,18 @@ pub mod worktree;
 
 pub use error::{Error, Result};
 
+/// Process-wide libgit2 settings, set once before any repository is opened.
+///
+/// Every object git-evidence references it has just written or just read out of an existing
+/// tree, so libgit2's checks that referenced objects exist (strict object creation) and that an
+/// object read hashes to its id (which git itself does not do on read) only cost time: in a
+/// repository with thousands of proofs, rewriting a template's folder would look up every
+/// sibling run. `git fsck` remains the integrity check, and `verify` hashes what it reads.
+pub fn tune_libgit2() {
+    git2::opts::strict_object_creation(false);
+    git2::opts::strict_hash_verification(false);
+}
+
 /// This machine's host name, as recorded in proofs.
 pub fn host_name() -> Option<String> {
     let name = gethostname::gethostname()
