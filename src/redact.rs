@@ -45,7 +45,10 @@ struct Pattern {
 fn pattern(rule: &'static str, group: usize, re: &str) -> Pattern {
     Pattern {
         rule,
+        // Byte-oriented: classes match any byte, not just UTF-8 (logs are not always UTF-8),
+        // and the automata stay small enough to compile in a few milliseconds at start-up.
         regex: RegexBuilder::new(re)
+            .unicode(false)
             .size_limit(1 << 24)
             .build()
             .unwrap_or_else(|e| panic!("built-in pattern {rule} is invalid: {e}")),
@@ -139,10 +142,12 @@ static HARMLESS_VALUES: &[&[u8]] = &[
 /// Packer's keystroke lines: `Sending char 'P', code 0x50, shift true`.
 static KEYSTROKE: LazyLock<Regex> = LazyLock::new(|| {
     // `-machine-readable` output spells the commas `%!(PACKER_COMMA)`.
-    Regex::new(
+    RegexBuilder::new(
         r"Sending char '?(.{1,4}?)'?(?:,|%!\(PACKER_COMMA\)) code (0x[0-9A-Fa-f]{1,8})(?:,|%!\(PACKER_COMMA\)) shift (true|false)",
     )
-        .expect("valid keystroke regex")
+    .unicode(false)
+    .build()
+    .expect("valid keystroke regex")
 });
 
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
