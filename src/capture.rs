@@ -441,6 +441,9 @@ struct DebugFilter {
     head: Vec<u8>,
     /// Whether the rest of the current line is shown (`None`: not decided yet).
     showing: Option<bool>,
+    /// The last line decided was hidden debug output: Packer's log continues multi-line
+    /// messages on lines of their own, without a time stamp.
+    after_debug: bool,
 }
 
 /// `YYYY/MM/DD HH:MM:SS ` is 20 bytes.
@@ -452,6 +455,7 @@ impl DebugFilter {
             show_all,
             head: Vec::with_capacity(STAMP),
             showing: None,
+            after_debug: false,
         }
     }
 
@@ -462,6 +466,18 @@ impl DebugFilter {
                 b'd' => b.is_ascii_digit(),
                 other => b == other,
             })
+    }
+
+    /// A line of Packer's debug log without its own time stamp: the rest of a multi-line `ui:`
+    /// message (`==> Wait completed…`, already shown from stdout), a blank line, or the
+    /// "not using a TTY" notice.
+    fn is_continuation(head: &[u8]) -> bool {
+        let line = head.strip_suffix(b"\n").unwrap_or(head);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.is_empty()
+            || line.starts_with(b"==> ")
+            || line.starts_with(b"--> ")
+            || line.starts_with(b"Running in backgroun")
     }
 
     fn write(&mut self, bytes: &[u8], out: &mut dyn Write) -> io::Result<()> {
@@ -481,7 +497,10 @@ impl DebugFilter {
                     let take = (STAMP - self.head.len()).min(line.len());
                     self.head.extend_from_slice(&line[..take]);
                     if self.head.len() >= STAMP || ends {
-                        let show = !Self::is_debug(&self.head);
+                        let hide = Self::is_debug(&self.head)
+                            || (self.after_debug && Self::is_continuation(&self.head));
+                        self.after_debug = hide;
+                        let show = !hide;
                         if show {
                             out.write_all(&self.head)?;
                             out.write_all(&line[take..])?;
@@ -530,6 +549,23 @@ mod tests {
         let expected: &[u8] = b"Build 'null.x' errored: exit status 3\nshort\n";
         assert_eq!(filtered(&[input]), expected);
         for split in 0..input.len() {
+            let (a, b) = input.split_at(split);
+            assert_eq!(filtered(&[a, b]), expected, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn continuations_of_debug_messages_are_hidden_but_errors_are_not() {
+        let input: &[u8] = b"2026/11/26 19:17:58 Setting cache directory: /x\n\
+            Running in background, not using a TTY\n\
+            2026/11/26 19:18:02 ui: \n\
+            ==> Wait completed after 3 seconds\n\
+            \n\
+            Error: Failed to prepare build\n\
+            ==> shown: not after a debug line\n";
+        let expected: &[u8] =
+            b"Error: Failed to prepare build\n==> shown: not after a debug line\n";
+        for split in [1, 13, input.len()] {
             let (a, b) = input.split_at(split);
             assert_eq!(filtered(&[a, b]), expected, "split at {split}");
         }
