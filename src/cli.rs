@@ -11,11 +11,13 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use git2::Repository;
 
 use crate::error::{Error, Result};
+use crate::list;
 use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, Status};
 use crate::record::{self, RecordRequest, Recorded};
 use crate::redact;
 use crate::run::{self, RunReport, RunRequest};
+use crate::verify;
 
 /// Proof of infrastructure builds, committed into git.
 #[derive(Debug, Parser)]
@@ -54,6 +56,61 @@ pub enum Command {
     Record(RecordArgs),
     /// Run a Packer build, capture its complete log and facts, and record it as evidence.
     Run(RunArgs),
+    /// List recorded runs, newest first (read-only).
+    List(ListArgs),
+    /// Show one run: its README.md and the commit that recorded it (read-only).
+    Show(ShowArgs),
+    /// Check evidence in the tree and its history: hashes, proofs, links, trailers (read-only).
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// REV checks the tree at REV; A..B also checks history A..B. Default: the tree at HEAD
+    /// and all of HEAD's first-parent history.
+    #[arg(value_name = "REV|A..B")]
+    pub rev: Option<String>,
+    /// Also check every failed or cancelled run under refs/evidence/failed/.
+    #[arg(long)]
+    pub failed: bool,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only runs of this template (`init` for plugin installs).
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+    /// Also list failed and cancelled runs (refs/evidence/failed/*).
+    #[arg(long)]
+    pub failed: bool,
+    /// Only runs started at or after DATE (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Branch to read; the current branch by default.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+}
+
+/// Arguments of `show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// TEMPLATE or TEMPLATE@RUN (`init`, `init@RUN`); the run `latest` points at by default.
+    #[arg(value_name = "TEMPLATE[@RUN]")]
+    pub run: String,
+    /// Branch to read; the current branch by default.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
 }
 
 /// Arguments of `run`.
@@ -250,6 +307,49 @@ fn run(cli: &Cli) -> Result<i32> {
             };
             print_run(cli, &report);
             Ok(report.exit_code(validation_code))
+        }
+        Command::List(args) => {
+            let req = list::ListRequest {
+                template: args.template.clone(),
+                failed: args.failed,
+                since: args.since.as_deref().map(list::parse_since).transpose()?,
+                branch: args.branch.clone(),
+                root: args.root.as_deref().map(str::parse).transpose()?,
+            };
+            let repo = open_repo()?;
+            print_list(cli, &list::list(&repo, &req)?);
+            Ok(0)
+        }
+        Command::Show(args) => {
+            let req = list::ShowRequest {
+                spec: args.run.clone(),
+                branch: args.branch.clone(),
+                root: args.root.as_deref().map(str::parse).transpose()?,
+            };
+            let repo = open_repo()?;
+            print_show(cli, &list::show(&repo, &req)?);
+            Ok(0)
+        }
+        Command::Verify(args) => {
+            // Exit 2 for anything that stops verification; 1 is reserved for problems found.
+            let verified = (|| {
+                let req = verify::Request {
+                    rev: args.rev.clone(),
+                    failed: args.failed,
+                    root: args.root.as_deref().map(str::parse).transpose()?,
+                };
+                verify::verify(&open_repo()?, &req)
+            })();
+            match verified {
+                Ok(report) => {
+                    print_verify(cli, &report);
+                    Ok(if report.ok() { 0 } else { 1 })
+                }
+                Err(e) => {
+                    report_error(&e);
+                    Ok(2)
+                }
+            }
         }
     }
 }
@@ -501,5 +601,148 @@ fn print_run(cli: &Cli, report: &RunReport) {
                 let _ = writeln!(std::io::stdout().lock(), "{value:#}");
             }
         }
+    }
+}
+
+/// A duration in seconds as `1h02m03s`, `12m13s` or `45s`; `-` when unknown.
+fn human_duration(seconds: Option<f64>) -> String {
+    let Some(s) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".into();
+    };
+    let s = s.round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
+}
+
+/// A size in bytes as `812 B`, `7.5 KiB`, `3.2 MiB`; `-` when unknown.
+fn human_bytes(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-".into(),
+        Some(b) if b < 1024 => format!("{b} B"),
+        Some(b) if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / 1048576.0),
+        Some(b) => format!("{:.1} GiB", b as f64 / 1073741824.0),
+    }
+}
+
+fn print_list(cli: &Cli, runs: &[list::RunEntry]) {
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        let value: Vec<_> = runs.iter().map(list::RunEntry::to_json).collect();
+        let _ = writeln!(out, "{:#}", serde_json::Value::Array(value));
+        return;
+    }
+    if runs.is_empty() {
+        if !cli.quiet {
+            let _ = writeln!(std::io::stderr(), "no runs found");
+        }
+        return;
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let header = [
+        "TEMPLATE", "RUN", "STATUS", "DURATION", "VMID", "NODE", "LOG", "SHA256", "COMMIT",
+    ];
+    let rows: Vec<[String; 9]> = runs
+        .iter()
+        .map(|r| {
+            let p = &r.proof;
+            let sha = p["log_sha256"].as_str().unwrap_or("-");
+            [
+                r.label().to_owned(),
+                r.run_id.to_string(),
+                r.status().to_owned(),
+                human_duration(p["duration_seconds"].as_f64()),
+                text(&p["vmid"]),
+                text(&p["node"]),
+                human_bytes(p["log_bytes"].as_u64()),
+                sha.get(..12).unwrap_or(sha).to_owned(),
+                r.commit.map(short).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s
+    };
+    let _ = writeln!(out, "{}", line(&header));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "{}", line(&cells));
+    }
+}
+
+fn print_show(cli: &Cli, shown: &list::Shown) {
+    let mut out = std::io::stdout().lock();
+    let entry = &shown.entry;
+    if cli.json {
+        let mut value = match &entry.proof {
+            serde_json::Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        value.insert("commit".into(), shown.commit_id.to_string().into());
+        value.insert("path".into(), entry.path.clone().into());
+        if let Some(r) = &entry.reference {
+            value.insert("ref".into(), r.clone().into());
+        }
+        let _ = writeln!(out, "{:#}", serde_json::Value::Object(value));
+        return;
+    }
+    let _ = out.write_all(&shown.readme);
+    if !shown.readme.is_empty() && !shown.readme.ends_with(b"\n") {
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "commit {}", shown.commit_id);
+    if let Some(r) = &entry.reference {
+        let _ = writeln!(out, "Ref:    {r}");
+    }
+    let _ = writeln!(out, "Path:   {}", entry.path);
+    let _ = writeln!(out, "Author: {}", shown.author);
+    let _ = writeln!(out, "Date:   {}", shown.date);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "    {}", shown.subject);
+}
+
+fn print_verify(cli: &Cli, report: &verify::Report) {
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        let value = serde_json::json!({
+            "ok": report.ok(),
+            "runs_checked": report.runs_checked,
+            "problems": report.problems,
+        });
+        let _ = writeln!(out, "{value:#}");
+        return;
+    }
+    for p in &report.problems {
+        let _ = writeln!(out, "{} {}: {}", p.commit, p.path, p.problem);
+    }
+    if !cli.quiet || !report.ok() {
+        let _ = writeln!(
+            out,
+            "{} runs checked, {} problems",
+            report.runs_checked,
+            report.problems.len()
+        );
     }
 }

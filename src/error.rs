@@ -93,6 +93,14 @@ pub enum Error {
     #[error("unexpected content at {path}: {reason}")]
     Malformed { path: String, reason: String },
 
+    /// A revision (or range end) that does not name a commit.
+    #[error("bad revision {rev:?}: {source}")]
+    BadRevision {
+        rev: String,
+        #[source]
+        source: git2::Error,
+    },
+
     /// A failure reported by libgit2, with what we were doing at the time.
     #[error("{context}: {source}")]
     Git {
@@ -148,6 +156,7 @@ impl Error {
             | Error::LogUnreadable { .. }
             | Error::ChangeDir { .. }
             | Error::NotARepository { .. }
+            | Error::BadRevision { .. }
             | Error::DetachedHead => ErrorKind::Input,
             _ => ErrorKind::Runtime,
         }

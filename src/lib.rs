@@ -16,6 +16,8 @@
 //! - [`redact`]: secrets removed from every byte before it is stored or shown;
 //! - [`facts`] and [`proxmox`]: what is known about the run and the VM it made;
 //! - [`run`]: the `run` command, a Packer build captured and recorded;
+//! - [`list`]: the `list` and `show` commands, reading evidence back (read-only);
+//! - [`verify`]: the `verify` command, checking evidence and its history (reads only);
 //! - [`cli`]: the command line.
 
 pub mod ansi;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod facts;
 pub mod git_index;
 pub mod index_page;
+pub mod list;
 pub mod logstore;
 pub mod names;
 pub mod proof;
@@ -34,6 +37,7 @@ pub mod record;
 pub mod redact;
 pub mod render;
 pub mod run;
+pub mod verify;
 pub mod worktree;
 
 pub use error::{Error, Result};
