@@ -58,6 +58,7 @@ demo: build deps
 bench: build
 	$(CARGO) bench --locked --bench redact
 	$(CARGO) bench --locked --bench record
+	$(CARGO) bench --locked --bench verify
 
 clean:
 	$(CARGO) clean

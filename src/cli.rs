@@ -16,6 +16,7 @@ use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, Status};
 use crate::record::{self, RecordRequest, Recorded};
 use crate::redact;
+use crate::review;
 use crate::run::{self, RunReport, RunRequest};
 use crate::verify;
 
@@ -62,6 +63,33 @@ pub enum Command {
     Show(ShowArgs),
     /// Check evidence in the tree and its history: hashes, proofs, links, trailers (read-only).
     Verify(VerifyArgs),
+    /// What a range (a pull request) adds: new runs, `latest` moves, verify (read-only).
+    Review(ReviewArgs),
+    /// Run as git hook NAME (pre-receive, pre-push, pre-commit): reads what git passes hooks.
+    Hook(crate::hooks::HookArgs),
+    /// Manage the git hooks: `hooks install [--server] [--force]`.
+    Hooks(crate::hooks::HooksArgs),
+}
+
+/// Arguments of `review`.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The range to review, e.g. origin/main..HEAD (A.. means A..HEAD).
+    #[arg(value_name = "A..B")]
+    pub range: String,
+    /// Output format; --json is the same as --format json.
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: ReviewFormat,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+}
+
+/// Output formats of `review`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReviewFormat {
+    Markdown,
+    Json,
 }
 
 /// Arguments of `verify`.
@@ -351,6 +379,37 @@ fn run(cli: &Cli) -> Result<i32> {
                 }
             }
         }
+        Command::Review(args) => {
+            // Like verify: 1 is problems found (the report is still printed), 2 could not run.
+            let reviewed = (|| {
+                let req = review::Request {
+                    range: args.range.clone(),
+                    root: args.root.as_deref().map(str::parse).transpose()?,
+                };
+                review::review(&open_repo()?, &req)
+            })();
+            match reviewed {
+                Ok(r) => {
+                    let mut out = std::io::stdout().lock();
+                    if cli.json || args.format == ReviewFormat::Json {
+                        let _ = writeln!(out, "{:#}", r.to_json());
+                    } else {
+                        let _ = write!(out, "{}", r.markdown());
+                    }
+                    Ok(if r.ok() { 0 } else { 1 })
+                }
+                Err(e) => {
+                    report_error(&e);
+                    Ok(2)
+                }
+            }
+        }
+        Command::Hook(args) => crate::hooks::run_hook(args),
+        Command::Hooks(args) => match &args.command {
+            crate::hooks::HooksCommand::Install { server, force } => {
+                crate::hooks::install(&open_repo()?, *server, *force, cli.quiet)
+            }
+        },
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`run`]: the `run` command, a Packer build captured and recorded;
 //! - [`list`]: the `list` and `show` commands, reading evidence back (read-only);
 //! - [`verify`]: the `verify` command, checking evidence and its history (reads only);
+//! - [`hooks`]: the `hook` and `hooks install` commands, git hooks checking evidence;
 //! - [`cli`]: the command line.
 
 pub mod ansi;
@@ -27,6 +28,7 @@ pub mod commit;
 pub mod error;
 pub mod facts;
 pub mod git_index;
+pub mod hooks;
 pub mod index_page;
 pub mod list;
 pub mod logstore;
@@ -36,6 +38,7 @@ pub mod proxmox;
 pub mod record;
 pub mod redact;
 pub mod render;
+pub mod review;
 pub mod run;
 pub mod verify;
 pub mod worktree;

@@ -153,14 +153,14 @@ fn tip(repo: &Repository, branch: &str) -> Result<Option<Oid>> {
     }
 }
 
-fn commit_tree(repo: &Repository, id: Oid) -> Result<Tree<'_>> {
+pub fn commit_tree(repo: &Repository, id: Oid) -> Result<Tree<'_>> {
     repo.find_commit(id)
         .and_then(|c| c.tree())
         .map_err(|e| Error::git(format!("cannot read the tree of {id}"), e))
 }
 
 /// The directory at `path` in `tree`, if there is one.
-fn subtree<'r>(repo: &'r Repository, tree: &Tree<'_>, path: &str) -> Result<Option<Tree<'r>>> {
+pub fn subtree<'r>(repo: &'r Repository, tree: &Tree<'_>, path: &str) -> Result<Option<Tree<'r>>> {
     match tree.get_path(Path::new(path)) {
         Ok(entry) if entry.kind() == Some(ObjectType::Tree) => repo
             .find_tree(entry.id())
@@ -178,7 +178,7 @@ fn entry_id(tree: &Tree<'_>, path: &str) -> Option<Oid> {
 }
 
 /// proof.json in `folder` of `tree`, `null` when it cannot be read.
-fn read_proof(repo: &Repository, tree: &Tree<'_>, folder: &str) -> serde_json::Value {
+pub fn read_proof(repo: &Repository, tree: &Tree<'_>, folder: &str) -> serde_json::Value {
     entry_id(tree, &format!("{folder}/proof.json"))
         .and_then(|id| repo.find_blob(id).ok())
         .and_then(|b| serde_json::from_slice(b.content()).ok())
@@ -186,7 +186,7 @@ fn read_proof(repo: &Repository, tree: &Tree<'_>, folder: &str) -> serde_json::V
 }
 
 /// The run folders in a runs directory (`builds/<t>` or `init`): names that are run ids.
-fn run_ids(dir: &Tree<'_>) -> Vec<RunId> {
+pub fn run_ids(dir: &Tree<'_>) -> Vec<RunId> {
     dir.iter()
         .filter(|e| e.kind() == Some(ObjectType::Tree))
         .filter_map(|e| e.name().ok().and_then(|n| n.parse::<RunId>().ok()))
@@ -194,7 +194,7 @@ fn run_ids(dir: &Tree<'_>) -> Vec<RunId> {
 }
 
 /// The runs directories under the root in `tree`: (template or `None` for init, path).
-fn runs_dirs(
+pub fn runs_dirs(
     repo: &Repository,
     tree: &Tree<'_>,
     root: &EvidenceRoot,
@@ -565,7 +565,7 @@ pub fn show(repo: &Repository, req: &ShowRequest) -> Result<Shown> {
 }
 
 /// The run `latest` points at in a runs directory.
-fn latest_of(repo: &Repository, dir: &Tree<'_>) -> Option<RunId> {
+pub fn latest_of(repo: &Repository, dir: &Tree<'_>) -> Option<RunId> {
     let entry = dir.get_name("latest")?;
     let blob = repo.find_blob(entry.id()).ok()?;
     std::str::from_utf8(blob.content())

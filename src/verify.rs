@@ -710,59 +710,72 @@ fn check_failed_refs(repo: &Repository, report: &mut Report, root: &EvidenceRoot
         }
     }
     for (name, id) in names {
-        let commit = repo.find_commit(id).map_err(git_err(&name))?;
-        let label = short(id);
-        let tree = commit.tree().map_err(git_err(&name))?;
-        let Some(rtree) = root_tree(repo, &tree, root) else {
-            report.problem(
-                &label,
-                &name,
-                format!("no {} folder in its tree", root.as_str()),
-            );
-            continue;
-        };
-        let l = layout(repo, &rtree)?;
-        let runs = l.runs();
-        let strays = tree.len() != 1
-            || !l.strays.is_empty()
-            || l.dirs
-                .values()
-                .any(|d| !d.strays.is_empty() || d.latest.is_some());
-        if strays {
-            report.problem(&label, &name, "its tree holds more than the run folder");
-        }
-        if runs.len() != 1 {
-            report.problem(
-                &label,
-                &name,
-                format!("its tree holds {} run folders, expected one", runs.len()),
-            );
-            continue;
-        }
-        let (rel, oid) = runs.iter().next().expect("one run");
-        let (dir, id) = rel.rsplit_once('/').expect("dir/id");
-        if name.trim_start_matches("refs/evidence/failed/") != rel {
-            report.problem(&label, &name, format!("names another run than {rel}"));
-        }
-        let d = &l.dirs[dir];
-        if let Some(p) = check_run(repo, report, &label, root, dir, d, (id, *oid))? {
-            let run_path = root.join(rel);
-            if p.status == Status::Success {
-                report.problem(&label, &run_path, "a successful run on a failed-runs ref");
-            }
-            check_trailers(
-                report,
-                &label,
-                &run_path,
-                commit.message().unwrap_or_default(),
-                &p,
-            );
-        }
+        check_failed_commit(repo, report, root, &name, id)?;
     }
     Ok(())
 }
 
-fn resolve(repo: &Repository, rev: &str) -> Result<Oid> {
+/// Checks one `refs/evidence/failed/*` commit (`name` is the full ref name), as `--failed` does.
+pub fn check_failed_commit(
+    repo: &Repository,
+    report: &mut Report,
+    root: &EvidenceRoot,
+    name: &str,
+    id: Oid,
+) -> Result<()> {
+    let name = name.to_owned();
+    let commit = repo.find_commit(id).map_err(git_err(&name))?;
+    let label = short(id);
+    let tree = commit.tree().map_err(git_err(&name))?;
+    let Some(rtree) = root_tree(repo, &tree, root) else {
+        report.problem(
+            &label,
+            &name,
+            format!("no {} folder in its tree", root.as_str()),
+        );
+        return Ok(());
+    };
+    let l = layout(repo, &rtree)?;
+    let runs = l.runs();
+    let strays = tree.len() != 1
+        || !l.strays.is_empty()
+        || l.dirs
+            .values()
+            .any(|d| !d.strays.is_empty() || d.latest.is_some());
+    if strays {
+        report.problem(&label, &name, "its tree holds more than the run folder");
+    }
+    if runs.len() != 1 {
+        report.problem(
+            &label,
+            &name,
+            format!("its tree holds {} run folders, expected one", runs.len()),
+        );
+        return Ok(());
+    }
+    let (rel, oid) = runs.iter().next().expect("one run");
+    let (dir, id) = rel.rsplit_once('/').expect("dir/id");
+    if name.trim_start_matches("refs/evidence/failed/") != rel {
+        report.problem(&label, &name, format!("names another run than {rel}"));
+    }
+    let d = &l.dirs[dir];
+    if let Some(p) = check_run(repo, report, &label, root, dir, d, (id, *oid))? {
+        let run_path = root.join(rel);
+        if p.status == Status::Success {
+            report.problem(&label, &run_path, "a successful run on a failed-runs ref");
+        }
+        check_trailers(
+            report,
+            &label,
+            &run_path,
+            commit.message().unwrap_or_default(),
+            &p,
+        );
+    }
+    Ok(())
+}
+
+pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid> {
     repo.revparse_single(rev)
         .and_then(|o| o.peel_to_commit())
         .map(|c| c.id())

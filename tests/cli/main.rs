@@ -7,6 +7,7 @@ mod common;
 
 mod concurrency;
 mod failed;
+mod hooks;
 mod input;
 mod layout;
 mod list;
@@ -14,6 +15,7 @@ mod proxmox_api;
 mod pve_packer;
 mod pve_sim;
 mod redaction;
+mod review;
 mod run;
 mod verify;
 mod worktrees;
