@@ -276,6 +276,25 @@ fn parse_proof(bytes: &[u8]) -> std::result::Result<Proof, String> {
     serde_json::from_value(value).map_err(|e| format!("proof.json: {e}"))
 }
 
+/// Whether progress is shown: only to a person watching a terminal, never into a CI log or a
+/// pipe.
+static SHOW_PROGRESS: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+
+/// Every 100 runs, `verify: N runs checked` on stderr, rewritten in place.
+fn progress(runs: usize) {
+    if *SHOW_PROGRESS && runs.is_multiple_of(100) {
+        eprint!("\rverify: {runs} runs checked");
+    }
+}
+
+/// Clears the progress line, if one was shown.
+fn end_progress(runs: usize) {
+    if *SHOW_PROGRESS && runs >= 100 {
+        eprint!("\r\x1b[K");
+    }
+}
+
 /// Checks one run folder; returns its proof when it could be read.
 fn check_run(
     repo: &Repository,
@@ -290,6 +309,7 @@ fn check_run(
     let kind = d.kind.unwrap_or(Kind::Build);
     let log_name = kind.log_file_name();
     report.runs_checked += 1;
+    progress(report.runs_checked);
     if id.parse::<RunId>().is_err() {
         report.problem(commit, &path, "the folder name is not a run id");
     }
@@ -825,6 +845,7 @@ pub fn verify(repo: &Repository, req: &Request) -> Result<Report> {
     if req.failed {
         check_failed_refs(repo, &mut report, &root)?;
     }
+    end_progress(report.runs_checked);
     Ok(report)
 }
 
