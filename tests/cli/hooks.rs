@@ -6,6 +6,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use git_evidence::proof::Proof;
+use git_evidence::render;
+
 use crate::common::*;
 
 const RUN1: &str = "evidence/builds/t/2026-11-26T100000Z";
@@ -499,4 +502,194 @@ fn hooks_install_honours_core_hooks_path() {
         std::fs::canonicalize(repo.join(path.trim())).unwrap(),
         std::fs::canonicalize(repo.join("my-hooks")).unwrap()
     );
+}
+
+/// Log, proof.json and README.md of RUN2 at `main`, rewritten so that they agree.
+fn consistent_rewrite(env: &Env, repo: &Path) -> Vec<(String, String)> {
+    let new_log = b"a different log\n";
+    let proof = format!("{RUN2}/proof.json");
+    let text = env.git(repo, ["cat-file", "blob", &format!("main:{proof}")]);
+    let mut proof: Proof = serde_json::from_str(&text).unwrap();
+    proof.log_sha256 = sha256sum(&env.file("forged.log", new_log));
+    proof.log_bytes = new_log.len() as u64;
+    let text = serde_json::to_string_pretty(&proof).unwrap() + "\n";
+    vec![
+        (format!("{RUN2}/packer.log"), blob(env, repo, new_log)),
+        (
+            format!("{RUN2}/proof.json"),
+            blob(env, repo, text.as_bytes()),
+        ),
+        (
+            format!("{RUN2}/README.md"),
+            blob(env, repo, render::run_readme(&proof).as_bytes()),
+        ),
+    ]
+}
+
+/// A tamper case: `make` builds a bad commit on the client's `main`, whose push must be rejected
+/// with `needle` on a `remote: evidence:` line.
+struct Case {
+    name: &'static str,
+    make: fn(&Env, &Path),
+    needle: String,
+}
+
+fn tamper_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "log, proof.json and README.md rewritten consistently",
+            make: |env, c| {
+                let files = consistent_rewrite(env, c);
+                let edits: Vec<Edit<'_>> = files
+                    .iter()
+                    .map(|(p, id)| Edit::Set(p, "100644", id.clone()))
+                    .collect();
+                commit_edit(env, c, "main", &edits, "rewrite run");
+            },
+            needle: format!("{RUN2}: run folder modified"),
+        },
+        Case {
+            name: "latest dangling",
+            make: |env, c| {
+                let id = blob(env, c, b"2026-11-26T230000Z");
+                commit_edit(
+                    env,
+                    c,
+                    "main",
+                    &[Edit::Set("evidence/builds/t/latest", "120000", id)],
+                    "dangle latest",
+                );
+            },
+            needle: "which is not a run folder".into(),
+        },
+        Case {
+            name: "run folder renamed",
+            make: |env, c| {
+                let renamed = "evidence/builds/t/2026-11-26T093000Z";
+                let paths: Vec<(String, String)> = ["README.md", "packer.log", "proof.json"]
+                    .iter()
+                    .map(|f| (format!("{RUN1}/{f}"), format!("{renamed}/{f}")))
+                    .collect();
+                let mut edits = Vec::new();
+                for (old, new) in &paths {
+                    let id = rev(env, c, &format!("main:{old}"));
+                    edits.push(Edit::Remove(old));
+                    edits.push(Edit::Set(new, "100644", id));
+                }
+                commit_edit(env, c, "main", &edits, "rename run");
+            },
+            needle: format!("{RUN1}: run folder deleted or renamed"),
+        },
+        Case {
+            name: "proof.json not JSON",
+            make: |env, c| {
+                let proof = format!("{RUN1}/proof.json");
+                let id = blob(env, c, b"{ not json");
+                commit_edit(
+                    env,
+                    c,
+                    "main",
+                    &[Edit::Set(&proof, "100644", id)],
+                    "break proof",
+                );
+            },
+            needle: format!("{RUN1}/proof.json: proof.json is not JSON"),
+        },
+        Case {
+            name: "stray file in a run folder",
+            make: |env, c| {
+                let stray = format!("{RUN1}/notes.txt");
+                let id = blob(env, c, b"hi\n");
+                commit_edit(
+                    env,
+                    c,
+                    "main",
+                    &[Edit::Set(&stray, "100644", id)],
+                    "add notes",
+                );
+            },
+            needle: format!("{RUN1}/notes.txt: unexpected file in a run folder"),
+        },
+        Case {
+            name: "index README.md edited by hand",
+            make: |env, c| {
+                let index = env.git(c, ["cat-file", "blob", "main:evidence/README.md"]);
+                let id = blob(env, c, (index + "\nAll good!\n").as_bytes());
+                commit_edit(
+                    env,
+                    c,
+                    "main",
+                    &[Edit::Set("evidence/README.md", "100644", id)],
+                    "edit index",
+                );
+            },
+            needle: "tree evidence/README.md: differs from the index".into(),
+        },
+        Case {
+            name: "a new run whose trailer disagrees with its proof.json",
+            make: |env, c| {
+                // A real record with vmid 9000, re-committed onto the tip with a forged trailer.
+                let tip = rev(env, c, "main");
+                let log3 = env.file("three.log", b"third build\n");
+                let mut args = record_args("t", &log3, "2026-11-26T12:00:00Z");
+                args.extend(["--fact".into(), "vmid=9000".into()]);
+                env.evidence_ok(c, &args);
+                let msg = env.git(c, ["log", "-1", "--format=%B", "main"]);
+                let bad = msg.replace("Evidence-VMID: 9000", "Evidence-VMID: 9001");
+                assert_ne!(
+                    bad, msg,
+                    "the record's message has an Evidence-VMID trailer"
+                );
+                let tree = rev(env, c, "main^{tree}");
+                let id = env.git(c, ["commit-tree", &tree, "-p", &tip, "-m", &bad]);
+                env.git(c, ["update-ref", "refs/heads/main", id.trim()]);
+            },
+            needle: "trailer Evidence-VMID is \"9001\"".into(),
+        },
+    ]
+}
+
+#[test]
+fn every_tamper_case_is_rejected_by_pre_receive() {
+    let env = Env::new();
+    let (server, client) = setup(&env);
+    let before = rev(&env, &server, "main");
+    for (i, case) in tamper_cases().iter().enumerate() {
+        let name = case.name;
+        let c = clone(&env, &server, &format!("case{i}"));
+        (case.make)(&env, &c);
+        let pushed = rev(&env, &c, "main");
+        assert_ne!(pushed, before, "[{name}] no commit was made to push");
+        let out = git_out(&env, &c, &["push", "origin", "main"]);
+        let text = stderr(&out) + &stdout(&out);
+        assert!(
+            !out.status.success(),
+            "[{name}] the push should be rejected:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("remote: evidence:") && l.contains(&case.needle)),
+            "[{name}] the push should show `remote: evidence:` with {:?}:\n{text}",
+            case.needle
+        );
+        assert_eq!(
+            rev(&env, &server, "main"),
+            before,
+            "[{name}] the server's main must not move"
+        );
+        let has = env
+            .git_cmd(&server)
+            .args(["cat-file", "-e", &pushed])
+            .output()
+            .unwrap();
+        assert!(
+            !has.status.success(),
+            "[{name}] the rejected commit must not be left on the server"
+        );
+    }
+    // The clean client can still push.
+    let log3 = env.file("three.log", b"third build\n");
+    env.evidence_ok(&client, record_args("t", &log3, "2026-11-26T12:00:00Z"));
+    git_ok(&env, &client, &["push", "-q", "origin", "main"]);
+    assert_eq!(rev(&env, &server, "main"), rev(&env, &client, "main"));
 }
