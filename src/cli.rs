@@ -16,6 +16,7 @@ use crate::names::{EvidenceRoot, Kind, Template};
 use crate::proof::{self, Fact, Status};
 use crate::record::{self, RecordRequest, Recorded};
 use crate::redact;
+use crate::render;
 use crate::review;
 use crate::run::{self, RunReport, RunRequest};
 use crate::verify;
@@ -663,30 +664,6 @@ fn print_run(cli: &Cli, report: &RunReport) {
     }
 }
 
-/// A duration in seconds as `1h02m03s`, `12m13s` or `45s`; `-` when unknown.
-fn human_duration(seconds: Option<f64>) -> String {
-    let Some(s) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
-        return "-".into();
-    };
-    let s = s.round() as u64;
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, sec) => format!("{sec}s"),
-        (0, min, sec) => format!("{min}m{sec:02}s"),
-        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
-    }
-}
-
-/// A size in bytes as `812 B`, `7.5 KiB`, `3.2 MiB`; `-` when unknown.
-fn human_bytes(bytes: Option<u64>) -> String {
-    match bytes {
-        None => "-".into(),
-        Some(b) if b < 1024 => format!("{b} B"),
-        Some(b) if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
-        Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / 1048576.0),
-        Some(b) => format!("{:.1} GiB", b as f64 / 1073741824.0),
-    }
-}
-
 fn print_list(cli: &Cli, runs: &[list::RunEntry]) {
     let mut out = std::io::stdout().lock();
     if cli.json {
@@ -717,10 +694,10 @@ fn print_list(cli: &Cli, runs: &[list::RunEntry]) {
                 r.label().to_owned(),
                 r.run_id.to_string(),
                 r.status().to_owned(),
-                human_duration(p["duration_seconds"].as_f64()),
+                render::human_duration(p["duration_seconds"].as_f64()),
                 text(&p["vmid"]),
                 text(&p["node"]),
-                human_bytes(p["log_bytes"].as_u64()),
+                render::human_bytes(p["log_bytes"].as_u64()),
                 sha.get(..12).unwrap_or(sha).to_owned(),
                 r.commit.map(short).unwrap_or_else(|| "-".into()),
             ]

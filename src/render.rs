@@ -59,6 +59,30 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
+/// A duration in seconds as `1h02m03s`, `12m13s` or `45s`; `-` when unknown.
+pub fn human_duration(seconds: Option<f64>) -> String {
+    let Some(s) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".into();
+    };
+    let s = s.round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
+}
+
+/// A size in bytes as `812 B`, `7.5 KiB`, `3.2 MiB`; `-` when unknown.
+pub fn human_bytes(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-".into(),
+        Some(b) if b < 1024 => format!("{b} B"),
+        Some(b) if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
+        Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / 1048576.0),
+        Some(b) => format!("{:.1} GiB", b as f64 / 1073741824.0),
+    }
+}
+
 fn or_unknown(value: Option<&str>) -> String {
     value.map(cell).unwrap_or_else(|| "unknown".into())
 }

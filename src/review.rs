@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::list::{self, RunEntry};
 use crate::names::{EvidenceRoot, RunId};
+use crate::render;
 use crate::verify;
 
 /// What to review.
@@ -136,30 +137,6 @@ pub fn review(repo: &Repository, req: &Request) -> Result<Review> {
     })
 }
 
-/// A duration in seconds as `1h02m03s`, `12m13s` or `45s`; `-` when unknown.
-fn human_duration(seconds: Option<f64>) -> String {
-    let Some(s) = seconds.filter(|s| s.is_finite() && *s >= 0.0) else {
-        return "-".into();
-    };
-    let s = s.round() as u64;
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, sec) => format!("{sec}s"),
-        (0, min, sec) => format!("{min}m{sec:02}s"),
-        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
-    }
-}
-
-/// A size in bytes as `812 B`, `7.5 KiB`, `3.2 MiB`; `-` when unknown.
-fn human_bytes(bytes: Option<u64>) -> String {
-    match bytes {
-        None => "-".into(),
-        Some(b) if b < 1024 => format!("{b} B"),
-        Some(b) if b < 1024 * 1024 => format!("{:.1} KiB", b as f64 / 1024.0),
-        Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1} MiB", b as f64 / 1048576.0),
-        Some(b) => format!("{:.1} GiB", b as f64 / 1073741824.0),
-    }
-}
-
 /// Text for a Markdown table cell: `-` for null, `|` and newlines escaped.
 fn cell(v: &serde_json::Value) -> String {
     let s = match v {
@@ -199,8 +176,8 @@ impl Review {
                     cell(&p["status"]),
                     cell(&p["vmid"]),
                     cell(&p["node"]),
-                    human_duration(p["duration_seconds"].as_f64()),
-                    human_bytes(p["log_bytes"].as_u64()),
+                    render::human_duration(p["duration_seconds"].as_f64()),
+                    render::human_bytes(p["log_bytes"].as_u64()),
                     sha.get(..12).unwrap_or(sha),
                 ));
             }
