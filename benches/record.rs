@@ -16,7 +16,6 @@
 //! Set `GIT_EVIDENCE_BENCH_KEEP=1` to keep the scratch folder (its path is printed first), e.g.
 //! to profile a record in the 10,000-proof repository with `perf`.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -25,25 +24,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
-type Result<T, E = String> = std::result::Result<T, E>;
+mod common;
 
-/// Templates of the large repository; records go to the first one.
-const TEMPLATES: [&str; 10] = [
-    "ubuntu-22.04",
-    "ubuntu-24.04",
-    "debian-12",
-    "debian-11",
-    "rocky-9",
-    "alma-9",
-    "fedora-40",
-    "alpine-3.20",
-    "freebsd-14",
-    "windows-2022",
-];
-/// Runs per template in the large repository.
-const RUNS_PER_TEMPLATE: usize = 1_000;
+use common::{Bench, RUNS_PER_TEMPLATE, Result, TEMPLATES, median, ms, say, series, size};
+
 /// The template every measured record goes to.
 const TEMPLATE: &str = TEMPLATES[0];
 /// Timed repetitions of the small-record measurements (goals 1 and 2), after the warm-ups.
@@ -279,97 +264,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Prints a line at once, so progress shows while the bench runs.
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// The scratch folder, the binary and hermetic commands.
-struct Bench {
-    dir: TempDir,
-    home: PathBuf,
-    bin: PathBuf,
-}
-
 impl Bench {
-    fn new() -> Result<Self> {
-        let bin = option_env!("CARGO_BIN_EXE_git-evidence")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/git-evidence")
-            });
-        if !bin.is_file() {
-            return Err(format!(
-                "{} is missing: run `cargo build --release` first",
-                bin.display()
-            ));
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("git-evidence-bench-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let home = dir.path().join("home");
-        fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        Ok(Bench { dir, home, bin })
-    }
-
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.home)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Build Host")
-            .env("GIT_AUTHOR_EMAIL", "builder@example.com")
-            .env("GIT_COMMITTER_NAME", "Build Host")
-            .env("GIT_COMMITTER_EMAIL", "builder@example.com")
-            .env("LC_ALL", "C")
-            .env("TZ", "UTC")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// `git -C dir`.
-    fn git_in(&self, dir: &Path) -> Command {
-        let mut cmd = self.command("git");
-        cmd.arg("-C").arg(dir);
-        cmd
-    }
-
-    /// Runs the command, failing unless it succeeds; returns its wall-clock time and stdout.
-    fn run_out(&self, cmd: &mut Command) -> Result<(Duration, String)> {
-        let start = Instant::now();
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-        let took = start.elapsed();
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
-    }
-
-    fn run(&self, cmd: &mut Command) -> Result<()> {
-        self.run_out(cmd).map(|_| ())
-    }
-
-    fn timed(&self, cmd: &mut Command) -> Result<Duration> {
-        self.run_out(cmd).map(|(t, _)| t)
-    }
-
-    fn out(&self, cmd: &mut Command) -> Result<String> {
-        self.run_out(cmd).map(|(_, out)| out)
-    }
-
     /// Times `git-evidence -C repo record` of a successful build of [`TEMPLATE`].
     fn record(&self, repo: &Path, log: &Path, started: DateTime<Utc>) -> Result<Duration> {
         let mut cmd = self.command(&self.bin);
@@ -427,7 +322,6 @@ impl Bench {
     }
 }
 
-/// Flushes dirty pages, so that write-back of one measurement does not land in the next.
 fn sync() -> Result<()> {
     let status = Command::new("sync")
         .status()
@@ -990,52 +884,6 @@ impl LogGen {
             ),
         };
     }
-}
-
-fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn median(samples: &[Duration]) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let n = sorted.len();
-    if n == 0 {
-        Duration::ZERO
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-    }
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms >= 1000.0 {
-        format!("{:.2} s", ms / 1000.0)
-    } else {
-        format!("{ms:.1} ms")
-    }
-}
-
-/// Prints the spread of one series of measurements.
-fn series(what: &str, samples: &[Duration]) {
-    let min = samples.iter().min().copied().unwrap_or_default();
-    let max = samples.iter().max().copied().unwrap_or_default();
-    say(format!(
-        "  {what:<48} n={:<3} median {:>9}  min {:>9}  max {:>9}",
-        samples.len(),
-        ms(median(samples)),
-        ms(min),
-        ms(max)
-    ));
 }
 
 struct Goal {

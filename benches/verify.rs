@@ -11,34 +11,21 @@
 //! exits 0 whether the goal is met or not; 1 when a command fails or a result looks wrong.
 //! `GIT_EVIDENCE_BENCH_KEEP=1` keeps the scratch folder.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufWriter, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use git_evidence::names::EvidenceRoot;
 use git_evidence::proof::Proof;
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
-type Result<T, E = String> = std::result::Result<T, E>;
+mod common;
 
-const TEMPLATES: [&str; 10] = [
-    "ubuntu-22.04",
-    "ubuntu-24.04",
-    "debian-12",
-    "debian-11",
-    "rocky-9",
-    "alma-9",
-    "fedora-40",
-    "alpine-3.20",
-    "freebsd-14",
-    "windows-2022",
-];
-const RUNS_PER_TEMPLATE: usize = 1_000;
+use common::{Bench, RUNS_PER_TEMPLATE, Result, TEMPLATES, median, ms, say, series, size};
+
 /// Size of each generated log, about: 10,000 of them make 1 GiB.
 const LOG_BYTES: usize = (1 << 30) / 10_000;
 /// Timed repetitions of each measurement, after one warm-up of each.
@@ -387,100 +374,12 @@ fn fast_import(
     Ok(())
 }
 
-/// Prints a line at once, so progress shows while the bench runs.
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-struct Bench {
-    dir: TempDir,
-    home: PathBuf,
-    bin: PathBuf,
-}
-
 impl Bench {
-    fn new() -> Result<Self> {
-        let bin = option_env!("CARGO_BIN_EXE_git-evidence")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/git-evidence")
-            });
-        if !bin.is_file() {
-            return Err(format!(
-                "{} is missing: run `cargo build --release` first",
-                bin.display()
-            ));
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("git-evidence-bench-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir: {e}"))?;
-        let home = dir.path().join("home");
-        fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-        Ok(Bench { dir, home, bin })
-    }
-
-    fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &self.home)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "Build Host")
-            .env("GIT_AUTHOR_EMAIL", "builder@example.com")
-            .env("GIT_COMMITTER_NAME", "Build Host")
-            .env("GIT_COMMITTER_EMAIL", "builder@example.com")
-            .env("LC_ALL", "C")
-            .env("TZ", "UTC")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn git_in(&self, dir: &Path) -> Command {
-        let mut cmd = self.command("git");
-        cmd.arg("-C").arg(dir);
-        cmd
-    }
-
     /// `git-evidence -C repo verify HEAD`.
     fn evidence(&self, repo: &Path) -> Command {
         let mut cmd = self.command(&self.bin);
         cmd.arg("-C").arg(repo).args(["verify", "HEAD"]);
         cmd
-    }
-
-    /// Runs the command, failing unless it succeeds; returns its wall-clock time and stdout.
-    fn run_out(&self, cmd: &mut Command) -> Result<(Duration, String)> {
-        let start = Instant::now();
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-        let took = start.elapsed();
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
-    }
-
-    fn run(&self, cmd: &mut Command) -> Result<()> {
-        self.run_out(cmd).map(|_| ())
-    }
-
-    fn timed(&self, cmd: &mut Command) -> Result<Duration> {
-        self.run_out(cmd).map(|(t, _)| t)
-    }
-
-    fn out(&self, cmd: &mut Command) -> Result<String> {
-        self.run_out(cmd).map(|(_, out)| out)
     }
 }
 
@@ -493,52 +392,4 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
-    } else if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn median(samples: &[Duration]) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let n = sorted.len();
-    if n == 0 {
-        Duration::ZERO
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-    }
-}
-
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms >= 1000.0 {
-        format!("{:.2} s", ms / 1000.0)
-    } else {
-        format!("{ms:.1} ms")
-    }
-}
-
-/// Prints the spread of one series of measurements.
-fn series(what: &str, samples: &[Duration]) {
-    let min = samples.iter().min().copied().unwrap_or_default();
-    let max = samples.iter().max().copied().unwrap_or_default();
-    say(format!(
-        "  {what:<48} n={:<3} median {:>9}  min {:>9}  max {:>9}",
-        samples.len(),
-        ms(median(samples)),
-        ms(min),
-        ms(max)
-    ));
 }
