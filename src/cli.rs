@@ -66,10 +66,52 @@ pub enum Command {
     Verify(VerifyArgs),
     /// What a range (a pull request) adds: new runs, `latest` moves, verify (read-only).
     Review(ReviewArgs),
+    /// Push the evidence branch and failed runs to a remote, replaying onto what other hosts
+    /// pushed meanwhile.
+    Push(PushArgs),
+    /// Make `git fetch` bring failed runs too: adds +refs/evidence/*:refs/evidence/* to the
+    /// remote's fetch refspecs.
+    Setup(SetupArgs),
     /// Run as git hook NAME (pre-receive, pre-push, pre-commit): reads what git passes hooks.
     Hook(crate::hooks::HookArgs),
     /// Manage the git hooks: `hooks install [--server] [--force]`.
     Hooks(crate::hooks::HooksArgs),
+}
+
+/// Arguments of `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Remote name or URL [default: `git config evidence.remote`, else the branch's upstream
+    /// remote, else origin].
+    #[arg(value_name = "REMOTE")]
+    pub remote: Option<String>,
+    /// Branch to push; the current branch by default.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Folder for evidence in the tree; `git config evidence.root` or `evidence` by default.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<String>,
+    #[command(flatten)]
+    pub budget: PushBudgetArgs,
+}
+
+/// How hard a push tries, shared by `push`, `record --push` and `run --push`.
+#[derive(Debug, Args)]
+pub struct PushBudgetArgs {
+    /// Push rounds before giving up [default: `git config evidence.pushAttempts`, else 30].
+    #[arg(long = "push-attempts", alias = "attempts", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: Option<u32>,
+    /// Time before giving up: 90s, 5m [default: `git config evidence.pushTimeout`, else 2m].
+    #[arg(long = "push-timeout", alias = "timeout", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// Arguments of `setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The remote whose fetch refspecs to extend [default: as for push].
+    #[arg(value_name = "REMOTE")]
+    pub remote: Option<String>,
 }
 
 /// Arguments of `review`.
@@ -201,6 +243,13 @@ pub struct FilingArgs {
     /// Redact every line of FILE (one secret per line) wherever it appears. Repeatable.
     #[arg(long = "redact-file", value_name = "FILE")]
     pub redact_files: Vec<PathBuf>,
+    /// After recording, push to REMOTE (default: `git config evidence.remote`, the branch's
+    /// upstream remote, else origin). Exit code 76 when the push fails: the evidence stays
+    /// committed locally; `git evidence push` delivers it later.
+    #[arg(long, value_name = "REMOTE", num_args = 0..=1, default_missing_value = "", require_equals = false)]
+    pub push: Option<String>,
+    #[command(flatten)]
+    pub push_budget: PushBudgetArgs,
 }
 
 impl FilingArgs {
@@ -213,27 +262,8 @@ impl FilingArgs {
     }
 }
 
-/// Parses `90`, `90s`, `5m`, `1h`.
 fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: use e.g. 90s, 5m or 1h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration: use e.g. 90s, 5m or 1h"
-            ));
-        }
-    };
-    Ok(std::time::Duration::from_secs(secs))
+    crate::push::parse_duration(text)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -320,8 +350,20 @@ fn run(cli: &Cli) -> Result<i32> {
             let req = record_request(args)?;
             let repo = open_repo()?;
             let recorded = record::record(&repo, &req)?;
-            print_recorded(cli, &recorded);
-            Ok(0)
+            let pushed = args.filing.push.as_ref().map(|remote| {
+                if !cli.json {
+                    print_recorded(cli, &recorded, None);
+                }
+                push_after(&repo, remote, &recorded, &args.filing.push_budget)
+            });
+            match &pushed {
+                Some(p) if !cli.json => print_push(cli, p, false),
+                _ => print_recorded(cli, &recorded, pushed.as_ref()),
+            }
+            match &pushed {
+                Some(Err(e)) => Ok(e.exit_code()),
+                _ => Ok(0),
+            }
         }
         Command::Run(args) => {
             let req = run_request(cli, args)?;
@@ -334,8 +376,69 @@ fn run(cli: &Cli) -> Result<i32> {
                 }
                 Err(e) => return Err(e),
             };
-            print_run(cli, &report);
-            Ok(report.exit_code(validation_code))
+            let pushed = match (&args.filing.push, &report.recorded) {
+                (Some(remote), Ok(recorded)) => {
+                    if !cli.json {
+                        print_run(cli, &report, None);
+                    }
+                    Some(push_after(
+                        &repo,
+                        remote,
+                        recorded,
+                        &args.filing.push_budget,
+                    ))
+                }
+                _ => None,
+            };
+            match &pushed {
+                Some(p) if !cli.json => print_push(cli, p, false),
+                _ => print_run(cli, &report, pushed.as_ref()),
+            }
+            let code = report.exit_code(validation_code);
+            Ok(match &pushed {
+                // A build that succeeded but did not travel says so; a failed build keeps its code.
+                Some(Err(e)) if code == 0 => e.exit_code(),
+                _ => code,
+            })
+        }
+        Command::Push(args) => {
+            let repo = open_repo()?;
+            let req = crate::push::PushRequest {
+                remote: args.remote.clone(),
+                branch: args.branch.clone(),
+                root: args.root.as_deref().map(str::parse).transpose()?,
+                attempts: args.budget.attempts,
+                timeout: args.budget.timeout,
+            };
+            let result = crate::push::push(&repo, &req);
+            print_push(cli, &result, true);
+            Ok(match &result {
+                Ok(_) => 0,
+                Err(e) => e.exit_code(),
+            })
+        }
+        Command::Setup(args) => {
+            let repo = open_repo()?;
+            let outcome = crate::push::setup(&repo, args.remote.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            if cli.json {
+                let _ = writeln!(out, "{:#}", serde_json::json!(outcome));
+            } else if !cli.quiet {
+                if outcome.added {
+                    let _ = writeln!(
+                        out,
+                        "Added {} to remote.{}.fetch: `git fetch {}` now brings failed runs (refs/evidence/failed/*)",
+                        outcome.refspec, outcome.remote, outcome.remote
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "remote.{}.fetch already has {}: nothing changed",
+                        outcome.remote, outcome.refspec
+                    );
+                }
+            }
+            Ok(0)
         }
         Command::List(args) => {
             let req = list::ListRequest {
@@ -526,11 +629,116 @@ fn run_request(cli: &Cli, args: &RunArgs) -> Result<RunRequest> {
     })
 }
 
+type PushResult = Result<crate::push::Pushed>;
+
+/// Pushes what `record` or `run` just recorded, to the branch it went to.
+fn push_after(
+    repo: &Repository,
+    remote: &str,
+    recorded: &Recorded,
+    budget: &PushBudgetArgs,
+) -> PushResult {
+    let req = crate::push::PushRequest {
+        remote: (!remote.is_empty()).then(|| remote.to_owned()),
+        branch: Some(recorded.branch.clone()),
+        root: Some(recorded.root.clone()),
+        attempts: budget.attempts,
+        timeout: budget.timeout,
+    };
+    crate::push::push(repo, &req)
+}
+
+/// The push result as JSON: what was pushed, or why not and how to retry.
+fn push_json(result: &PushResult) -> serde_json::Value {
+    match result {
+        Ok(p) => serde_json::json!(p),
+        Err(e) => {
+            let mut v = serde_json::json!({
+                "pushed": false,
+                "error": e.to_string(),
+                "exit_code": e.exit_code(),
+            });
+            if let Error::NotPushed { remote, retry, .. } = e {
+                v["remote"] = remote.clone().into();
+                v["retry"] = retry.clone().into();
+            }
+            if let Some(h) = e.hint() {
+                v["hint"] = h.into();
+            }
+            v
+        }
+    }
+}
+
+/// Prints a push's outcome: on stdout when it landed, as an error on stderr when not. With
+/// `own_json`, `--json` prints it as the command's whole output.
+fn print_push(cli: &Cli, result: &PushResult, own_json: bool) {
+    if let Err(e) = result {
+        report_error(e);
+    }
+    if cli.json {
+        if own_json {
+            let _ = writeln!(std::io::stdout().lock(), "{:#}", push_json(result));
+        }
+        return;
+    }
+    let Ok(p) = result else { return };
+    let mut stderr = std::io::stderr().lock();
+    for w in &p.warnings {
+        let _ = writeln!(stderr, "warning: {w}");
+    }
+    drop(stderr);
+    if cli.quiet {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let branch = p.branch.trim_start_matches("refs/heads/");
+    let remote_branch = p.remote_branch.trim_start_matches("refs/heads/");
+    if p.up_to_date && p.failed_refs.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} is up to date with {}/{remote_branch}",
+            branch, p.remote
+        );
+        return;
+    }
+    let mut line = format!("Pushed {branch} to {}/{remote_branch}", p.remote);
+    if let Some(c) = p.commit {
+        line.push_str(&format!(" at {}", short(c)));
+    }
+    if !p.failed_refs.is_empty() {
+        let n = p.failed_refs.len();
+        line.push_str(&format!(
+            ", with {n} failed run{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    let _ = writeln!(out, "{line}");
+    if p.replayed > 0 {
+        let _ = writeln!(
+            out,
+            "  replayed {} run{} on top of what other hosts pushed",
+            p.replayed,
+            if p.replayed == 1 { "" } else { "s" }
+        );
+    }
+    for r in &p.renamed {
+        let _ = writeln!(
+            out,
+            "  renamed {}/{} to {} (the id was taken on {})",
+            r.runs, r.from, r.to, p.remote
+        );
+    }
+    if p.attempts > 1 {
+        let _ = writeln!(out, "  took {} attempts", p.attempts);
+    }
+}
+
 fn short(id: git2::Oid) -> String {
     id.to_string()[..10].to_owned()
 }
 
-fn print_recorded(cli: &Cli, r: &Recorded) {
+fn print_recorded(cli: &Cli, r: &Recorded, pushed: Option<&PushResult>) {
     let filed = &r.filed;
     let proof = &filed.proof;
     let mut stderr = std::io::stderr().lock();
@@ -574,7 +782,15 @@ fn print_recorded(cli: &Cli, r: &Recorded) {
             })).collect::<Vec<_>>(),
             "proof": proof,
         });
+        let mut value = value;
+        if let Some(p) = pushed {
+            value["push"] = push_json(p);
+        }
         let _ = writeln!(out, "{value:#}");
+        drop(out);
+        if let Some(Err(e)) = pushed {
+            report_error(e);
+        }
         return;
     }
     if cli.quiet {
@@ -612,7 +828,7 @@ fn print_recorded(cli: &Cli, r: &Recorded) {
     }
 }
 
-fn print_run(cli: &Cli, report: &RunReport) {
+fn print_run(cli: &Cli, report: &RunReport, pushed: Option<&PushResult>) {
     let mut stderr = std::io::stderr().lock();
     for w in &report.warnings {
         let _ = writeln!(stderr, "warning: {w}");
@@ -633,7 +849,7 @@ fn print_run(cli: &Cli, report: &RunReport) {
     match &report.recorded {
         Ok(recorded) => {
             drop(stderr);
-            print_recorded(cli, recorded);
+            print_recorded(cli, recorded, pushed);
         }
         Err(nr) => {
             let _ = writeln!(stderr, "error: the run could not be recorded: {}", nr.error);

@@ -303,7 +303,7 @@ fn attempt(
 /// Completes a success's tree: the run folder (already in `update`), `latest` when this run is
 /// the newest, `.gitattributes` the first time, and the index rendered from the result.
 /// Returns the tree and whether `latest` moved; adds the paths it wrote to `changed`.
-fn success_tree(
+pub(crate) fn success_tree(
     repo: &Repository,
     root: &EvidenceRoot,
     base: &Tree<'_>,

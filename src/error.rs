@@ -89,6 +89,36 @@ pub enum Error {
         last: String,
     },
 
+    /// The push did not land; the evidence stays committed locally.
+    #[error("not pushed to {remote}: {reason}{}", server_lines(server))]
+    NotPushed {
+        remote: String,
+        reason: String,
+        /// What the server said (`remote: …` lines), e.g. a hook's message.
+        server: Vec<String>,
+        /// The command that tries again.
+        retry: String,
+    },
+
+    /// Local commits that git-evidence did not make would have to be rewritten or published.
+    #[error(
+        "not pushed to {remote}: {branch} has commits that git-evidence did not make and {remote} does not have: {}",
+        commits.join(", ")
+    )]
+    ForeignCommits {
+        branch: String,
+        remote: String,
+        commits: Vec<String>,
+    },
+
+    /// A checked-out work tree has local changes where the replayed branch differs.
+    #[error("not pushed: the work tree {} cannot follow the branch: {reason}", worktree.display())]
+    WorktreeInTheWay { worktree: PathBuf, reason: String },
+
+    /// A remote name that is not configured (and not a URL or a path).
+    #[error("no remote named {0:?}")]
+    NoRemote(String),
+
     /// Something in the repository is not what git-evidence wrote (e.g. `latest` is not a symlink).
     #[error("unexpected content at {path}: {reason}")]
     Malformed { path: String, reason: String },
@@ -125,6 +155,12 @@ pub enum ErrorKind {
     Input,
     /// The environment got in the way: repository state, locks, disk (exit 1).
     Runtime,
+    /// The evidence is committed locally but not on the remote (exit 76).
+    NotPushed,
+}
+
+fn server_lines(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("\n{l}")).collect()
 }
 
 impl Error {
@@ -157,7 +193,11 @@ impl Error {
             | Error::ChangeDir { .. }
             | Error::NotARepository { .. }
             | Error::BadRevision { .. }
+            | Error::NoRemote(_)
             | Error::DetachedHead => ErrorKind::Input,
+            Error::NotPushed { .. }
+            | Error::ForeignCommits { .. }
+            | Error::WorktreeInTheWay { .. } => ErrorKind::NotPushed,
             _ => ErrorKind::Runtime,
         }
     }
@@ -167,6 +207,7 @@ impl Error {
         match self.kind() {
             ErrorKind::Input => 2,
             ErrorKind::Runtime => 1,
+            ErrorKind::NotPushed => crate::push::EXIT_NOT_PUSHED,
         }
     }
 
@@ -179,6 +220,19 @@ impl Error {
             }
             Error::Contention { branch, .. } => Some(format!(
                 "if no other git process is running, remove a stale lock file for {branch} and try again"
+            )),
+            Error::NotPushed { retry, .. } => Some(format!(
+                "the evidence is committed locally; push it later with: {retry}"
+            )),
+            Error::ForeignCommits { branch, remote, .. } => Some(format!(
+                "push them first (git push {remote} {branch}), or record evidence onto a dedicated \
+                 branch with --branch (e.g. --branch evidence); then run: git evidence push {remote}"
+            )),
+            Error::WorktreeInTheWay { .. } => {
+                Some("commit or stash the local changes, then run: git evidence push".into())
+            }
+            Error::NoRemote(name) => Some(format!(
+                "add it with `git remote add {name} URL`, name another remote, or set `git config evidence.remote`"
             )),
             Error::InvalidFact { .. } => {
                 Some("facts are KEY=VALUE, e.g. --fact vmid=9000 --fact node=pve1".into())

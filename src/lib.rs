@@ -18,6 +18,7 @@
 //! - [`run`]: the `run` command, a Packer build captured and recorded;
 //! - [`list`]: the `list` and `show` commands, reading evidence back (read-only);
 //! - [`verify`]: the `verify` command, checking evidence and its history (reads only);
+//! - [`push`]: the `push` and `setup` commands, evidence delivered to a shared remote;
 //! - [`hooks`]: the `hook` and `hooks install` commands, git hooks checking evidence;
 //! - [`cli`]: the command line.
 
@@ -35,6 +36,7 @@ pub mod logstore;
 pub mod names;
 pub mod proof;
 pub mod proxmox;
+pub mod push;
 pub mod record;
 pub mod redact;
 pub mod render;

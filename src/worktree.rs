@@ -67,6 +67,14 @@ pub fn sync(
     Ok(report)
 }
 
+/// The folders of the work trees (main and linked) that have `branch` checked out.
+pub fn checked_out_dirs(repo: &Repository, branch: &str) -> Result<Vec<PathBuf>> {
+    Ok(checked_out(repo, branch)?
+        .iter()
+        .filter_map(|wt| wt.workdir().map(Path::to_path_buf))
+        .collect())
+}
+
 /// The repositories (main and linked work trees) whose HEAD is `branch`.
 fn checked_out(repo: &Repository, branch: &str) -> Result<Vec<Repository>> {
     let common = repo.commondir().to_path_buf();
