@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use git2::{FileMode, ObjectType, Oid, Repository, Signature, Tree};
 use serde::Serialize;
 
-use crate::commit;
+use crate::commit::{self, subtree};
+use crate::list::commit_tree;
 use crate::error::{Error, Result};
 use crate::names::{EvidenceRoot, Kind, RunId};
 use crate::proof::Proof;
@@ -1170,26 +1171,6 @@ fn renamed_folder(
         files,
         render::commit_message(&proof, &log_path, signoff.as_deref()),
     ))
-}
-
-fn commit_tree(repo: &Repository, id: Oid) -> Result<Tree<'_>> {
-    repo.find_commit(id)
-        .and_then(|c| c.tree())
-        .map_err(|e| Error::git(format!("cannot read the tree of {id}"), e))
-}
-
-fn subtree<'r>(repo: &'r Repository, tree: &Tree<'_>, path: &str) -> Result<Option<Tree<'r>>> {
-    match tree.get_path(Path::new(path)) {
-        Ok(e) if e.kind() == Some(ObjectType::Tree) => repo
-            .find_tree(e.id())
-            .map(Some)
-            .map_err(|e| Error::git(format!("cannot read {path}"), e)),
-        Ok(_) => Err(Error::Malformed {
-            path: path.to_owned(),
-            reason: "expected a directory".into(),
-        }),
-        Err(_) => Ok(None),
-    }
 }
 
 fn write_commit(
