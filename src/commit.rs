@@ -158,7 +158,11 @@ fn tree_of(repo: &Repository, commit: Option<Oid>) -> Result<Tree<'_>> {
 }
 
 /// The directory at `path` in `tree`, if there is one; an error when `path` is a file.
-pub(crate) fn subtree<'r>(repo: &'r Repository, tree: &Tree<'_>, path: &str) -> Result<Option<Tree<'r>>> {
+pub(crate) fn subtree<'r>(
+    repo: &'r Repository,
+    tree: &Tree<'_>,
+    path: &str,
+) -> Result<Option<Tree<'r>>> {
     match tree.get_path(std::path::Path::new(path)) {
         Ok(entry) if entry.kind() == Some(ObjectType::Tree) => repo
             .find_tree(entry.id())

@@ -208,7 +208,8 @@ pub struct Proof {
     /// Redaction rule → number of replacements made in the log.
     pub redactions: BTreeMap<String, u64>,
     pub tool: Tool,
-    /// The branch tip when the run started; `null` on an unborn branch.
+    /// The commit checked out when the run started (the branch tip in a bare repository);
+    /// `null` when there is none.
     pub source_commit: Option<String>,
     /// Whether the work tree had uncommitted changes when the run started; `null` when unknown.
     pub source_dirty: Option<bool>,

@@ -32,8 +32,8 @@ use git2::{FileMode, ObjectType, Oid, Repository, Signature, Tree};
 use serde::Serialize;
 
 use crate::commit::{self, subtree};
-use crate::list::commit_tree;
 use crate::error::{Error, Result};
+use crate::list::commit_tree;
 use crate::names::{EvidenceRoot, Kind, RunId};
 use crate::proof::Proof;
 use crate::record;
@@ -218,12 +218,28 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// The pause before round `attempt + 1`: exponential from 50 ms, capped at 5 s, with the upper
-/// half randomised so hosts that collided once do not collide again in lock-step.
-fn backoff(attempt: u32) -> Duration {
-    let cap_ms = (50u64 << attempt.saturating_sub(1).min(7)).min(5_000);
+/// The pause before round `attempt + 1`: exponential, with the upper half randomised so hosts
+/// that collided once do not collide again in lock-step. Losing a race to another host is
+/// resolved within a round trip, so those pauses stay short (25 ms, doubling up to 400 ms) and
+/// a host that lost a few times is not starved by fresher ones; a server that cannot be reached
+/// gets more room (250 ms, doubling up to 5 s).
+fn backoff(attempt: u32, cause: Cause) -> Duration {
+    let (base_ms, cap_ms) = match cause {
+        Cause::Race => (25u64, 400u64),
+        Cause::Unreachable => (250, 5_000),
+    };
+    let ms = (base_ms << attempt.saturating_sub(1).min(8)).min(cap_ms);
     let noise = random_u64() % 1000;
-    Duration::from_micros(cap_ms * 500 + cap_ms * noise / 2)
+    Duration::from_micros(ms * 500 + ms * noise / 2)
+}
+
+/// Why a round did not land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Another host (or process) got there first.
+    Race,
+    /// The remote could not be reached, or failed without saying why.
+    Unreachable,
 }
 
 fn random_u64() -> u64 {
@@ -272,13 +288,14 @@ pub fn push(repo: &Repository, req: &PushRequest) -> Result<Pushed> {
     loop {
         state.attempts += 1;
         let deadline = started + budget.timeout;
-        let why = match round(&ctx, &mut state, deadline) {
+        let (why, cause) = match round(&ctx, &mut state, deadline) {
             Ok(Round::Done) => {
                 state.pushed = true;
                 return Ok(state);
             }
-            Ok(Round::Again(why)) => why,
-            Err(Failure::Transient(why)) => why,
+            Ok(Round::Again(why)) => (why, Cause::Race),
+            Err(Failure::Transient(why)) => (why, Cause::Unreachable),
+            Err(Failure::Raced(why)) => (why, Cause::Race),
             Err(Failure::Final(e)) => return Err(e),
             Err(Failure::Rejected { reason, server }) => {
                 return Err(Error::NotPushed {
@@ -290,7 +307,7 @@ pub fn push(repo: &Repository, req: &PushRequest) -> Result<Pushed> {
             }
         };
         tracing::debug!(attempt = state.attempts, %why, "push to {remote} did not land");
-        let pause = backoff(state.attempts);
+        let pause = backoff(state.attempts, cause);
         let spent = started.elapsed();
         if state.attempts >= budget.attempts || spent + pause > budget.timeout {
             return Err(Error::NotPushed {
@@ -358,8 +375,10 @@ enum Round {
 }
 
 enum Failure {
-    /// Network trouble or a busy server: worth another round.
+    /// Network trouble: worth another round, after a longer pause.
     Transient(String),
+    /// Something moved under us (locally, or a busy ref on the server): another round.
+    Raced(String),
     /// The server refused for good (hook, permissions): the server's own words.
     Rejected { reason: String, server: Vec<String> },
     /// Anything else: stop with this error.
@@ -718,7 +737,7 @@ fn git_push(ctx: &Context<'_>, refspecs: &[String], deadline: Instant) -> RoundR
         return Ok(PushOutcome::Raced(raced.join("; ")));
     }
     if !out.success {
-        return Err(Failure::Transient(format!(
+        return Err(Failure::Raced(format!(
             "git push failed: {}",
             out.stderr.trim()
         )));
@@ -1400,22 +1419,19 @@ fn move_local(
     }
     for lock in &locks {
         if let Err(e) = tx.lock_ref(lock) {
-            return Err(Failure::Transient(format!(
-                "{lock} is locked: {}",
-                e.message()
-            )));
+            return Err(Failure::Raced(format!("{lock} is locked: {}", e.message())));
         }
     }
     if branch_moves && local_tip(repo, ctx.branch)? != local {
-        return Err(Failure::Transient(format!("{} moved locally", ctx.branch)));
+        return Err(Failure::Raced(format!("{} moved locally", ctx.branch)));
     }
     for f in &rebuilt {
         let (old_name, old_id) = f.replaces.as_ref().expect("rebuilt");
         if repo.refname_to_id(old_name).ok() != Some(*old_id) {
-            return Err(Failure::Transient(format!("{old_name} moved locally")));
+            return Err(Failure::Raced(format!("{old_name} moved locally")));
         }
         if old_name != &f.name && repo.find_reference(&f.name).is_ok() {
-            return Err(Failure::Transient(format!("{} appeared locally", f.name)));
+            return Err(Failure::Raced(format!("{} appeared locally", f.name)));
         }
     }
     let msg = format!("git-evidence: push to {}", ctx.remote);
@@ -1435,7 +1451,7 @@ fn move_local(
             .map_err(|e| Error::git(format!("cannot update {}", f.name), e))?;
     }
     if let Err(e) = tx.commit() {
-        return Err(Failure::Transient(format!(
+        return Err(Failure::Raced(format!(
             "local refs changed while they were updated: {}",
             e.message()
         )));
@@ -1565,11 +1581,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_capped() {
-        assert!(backoff(1) <= Duration::from_millis(50));
-        assert!(backoff(1) >= Duration::from_millis(25));
-        assert!(backoff(40) <= Duration::from_secs(5));
-        assert!(backoff(40) >= Duration::from_millis(2_500));
-        let samples: BTreeSet<Duration> = (0..20).map(|_| backoff(5)).collect();
+        assert!(backoff(1, Cause::Race) <= Duration::from_millis(25));
+        assert!(backoff(1, Cause::Race) >= Duration::from_micros(12_500));
+        assert!(backoff(2, Cause::Race) >= Duration::from_millis(25));
+        assert!(backoff(40, Cause::Race) <= Duration::from_millis(400));
+        assert!(backoff(40, Cause::Unreachable) <= Duration::from_secs(5));
+        assert!(backoff(40, Cause::Unreachable) >= Duration::from_millis(2_500));
+        let samples: BTreeSet<Duration> = (0..20).map(|_| backoff(5, Cause::Race)).collect();
         assert!(samples.len() > 1, "backoff is randomised");
     }
 

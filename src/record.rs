@@ -140,7 +140,7 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
         facts: Default::default(),
         fact_sources: Default::default(),
         redactions: Default::default(),
-        source_commit: repo.refname_to_id(&target.branch).ok(),
+        source_commit: source_commit(repo, &target.branch),
         source_dirty: None,
         validation: None,
         assets: Vec::new(),
@@ -163,6 +163,17 @@ pub fn record(repo: &Repository, req: &RecordRequest) -> Result<Recorded> {
     facts.redact(&mut redactor);
     facts.redactions = redactor.counts();
     record_run(repo, &target, &facts, &redacted)
+}
+
+/// The commit the build was made from: the one checked out (HEAD), which on a dedicated evidence
+/// branch is the code's commit, not the previous proof; in a bare repository, or when HEAD is
+/// unborn, the tip of the branch recorded onto.
+pub fn source_commit(repo: &Repository, branch: &str) -> Option<git2::Oid> {
+    let head = (!repo.is_bare())
+        .then(|| repo.head().ok().and_then(|h| h.peel_to_commit().ok()))
+        .flatten()
+        .map(|c| c.id());
+    head.or_else(|| repo.refname_to_id(branch).ok())
 }
 
 /// Adds the `git config evidence.redact` expressions (repeatable) to `sources`.

@@ -147,7 +147,7 @@ pub fn run(repo: &Repository, req: &RunRequest) -> Result<(RunReport, Option<i32
     }
     let sources = record::with_config_expressions(repo, &req.redaction)?;
     let redaction = redact::gather(&req.argv, &sources).map_err(Error::Inconsistent)?;
-    let source_commit = repo.refname_to_id(&target.branch).ok();
+    let source_commit = record::source_commit(repo, &target.branch);
     let source_dirty = dirty(repo);
 
     let scratch = tempfile::Builder::new()
