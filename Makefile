@@ -59,6 +59,7 @@ bench: build
 	$(CARGO) bench --locked --bench redact
 	$(CARGO) bench --locked --bench record
 	$(CARGO) bench --locked --bench verify
+	$(CARGO) bench --locked --bench push
 
 clean:
 	$(CARGO) clean
