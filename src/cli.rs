@@ -98,7 +98,7 @@ pub struct PushArgs {
 /// How hard a push tries, shared by `push`, `record --push` and `run --push`.
 #[derive(Debug, Args)]
 pub struct PushBudgetArgs {
-    /// Push rounds before giving up [default: `git config evidence.pushAttempts`, else 30].
+    /// Push rounds before giving up [default: `git config evidence.pushAttempts`, else 100].
     #[arg(long = "push-attempts", alias = "attempts", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: Option<u32>,
     /// Time before giving up: 90s, 5m [default: `git config evidence.pushTimeout`, else 2m].
@@ -361,7 +361,7 @@ fn run(cli: &Cli) -> Result<i32> {
                 _ => print_recorded(cli, &recorded, pushed.as_ref()),
             }
             match &pushed {
-                Some(Err(e)) => Ok(e.exit_code()),
+                Some(Err(failed)) => Ok(failed.error.exit_code()),
                 _ => Ok(0),
             }
         }
@@ -397,7 +397,7 @@ fn run(cli: &Cli) -> Result<i32> {
             let code = report.exit_code(validation_code);
             Ok(match &pushed {
                 // A build that succeeded but did not travel says so; a failed build keeps its code.
-                Some(Err(e)) if code == 0 => e.exit_code(),
+                Some(Err(failed)) if code == 0 => failed.error.exit_code(),
                 _ => code,
             })
         }
@@ -414,7 +414,7 @@ fn run(cli: &Cli) -> Result<i32> {
             print_push(cli, &result, true);
             Ok(match &result {
                 Ok(_) => 0,
-                Err(e) => e.exit_code(),
+                Err(failed) => failed.error.exit_code(),
             })
         }
         Command::Setup(args) => {
@@ -629,7 +629,7 @@ fn run_request(cli: &Cli, args: &RunArgs) -> Result<RunRequest> {
     })
 }
 
-type PushResult = Result<crate::push::Pushed>;
+type PushResult = std::result::Result<crate::push::Pushed, Box<crate::push::PushFailed>>;
 
 /// Pushes what `record` or `run` just recorded, to the branch it went to.
 fn push_after(
@@ -652,12 +652,20 @@ fn push_after(
 fn push_json(result: &PushResult) -> serde_json::Value {
     match result {
         Ok(p) => serde_json::json!(p),
-        Err(e) => {
-            let mut v = serde_json::json!({
-                "pushed": false,
-                "error": e.to_string(),
-                "exit_code": e.exit_code(),
-            });
+        Err(failed) => {
+            let e = &failed.error;
+            let mut v = match &failed.progress {
+                Some(p) => serde_json::json!(p),
+                None => serde_json::json!({
+                    "remote": null, "branch": null, "remote_branch": null, "commit": null,
+                    "up_to_date": false, "attempts": 0, "replayed": 0, "renamed": [],
+                    "failed_refs": [], "warnings": [],
+                }),
+            };
+            v["pushed"] = false.into();
+            v["commit"] = serde_json::Value::Null;
+            v["error"] = e.to_string().into();
+            v["exit_code"] = e.exit_code().into();
             if let Error::NotPushed { remote, retry, .. } = e {
                 v["remote"] = remote.clone().into();
                 v["retry"] = retry.clone().into();
@@ -673,8 +681,8 @@ fn push_json(result: &PushResult) -> serde_json::Value {
 /// Prints a push's outcome: on stdout when it landed, as an error on stderr when not. With
 /// `own_json`, `--json` prints it as the command's whole output.
 fn print_push(cli: &Cli, result: &PushResult, own_json: bool) {
-    if let Err(e) = result {
-        report_error(e);
+    if let Err(failed) = result {
+        report_error(&failed.error);
     }
     if cli.json {
         if own_json {
@@ -788,8 +796,8 @@ fn print_recorded(cli: &Cli, r: &Recorded, pushed: Option<&PushResult>) {
         }
         let _ = writeln!(out, "{value:#}");
         drop(out);
-        if let Some(Err(e)) = pushed {
-            report_error(e);
+        if let Some(Err(failed)) = pushed {
+            report_error(&failed.error);
         }
         return;
     }

@@ -44,7 +44,7 @@ use crate::verify::parse_trailers;
 pub const EXIT_NOT_PUSHED: i32 = 76;
 
 /// Push rounds before giving up, unless `evidence.pushAttempts` or `--attempts` say otherwise.
-pub const DEFAULT_ATTEMPTS: u32 = 30;
+pub const DEFAULT_ATTEMPTS: u32 = 100;
 /// Time budget of a push, unless `evidence.pushTimeout` or `--timeout` say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest a single git command may take when the budget is nearly spent.
@@ -255,8 +255,24 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// A push that did not land: why, and how far it got (`None` when it did not start).
+#[derive(Debug)]
+pub struct PushFailed {
+    pub error: Error,
+    pub progress: Option<Pushed>,
+}
+
+impl From<Error> for Box<PushFailed> {
+    fn from(error: Error) -> Self {
+        Box::new(PushFailed {
+            error,
+            progress: None,
+        })
+    }
+}
+
 /// Pushes the evidence branch and the failed-run refs the remote lacks. See the module docs.
-pub fn push(repo: &Repository, req: &PushRequest) -> Result<Pushed> {
+pub fn push(repo: &Repository, req: &PushRequest) -> std::result::Result<Pushed, Box<PushFailed>> {
     let branch = record::resolve_branch(repo, req.branch.as_deref())?;
     let root = record::resolve_root(repo, req.root.as_ref())?;
     let remote = resolve_remote(repo, req.remote.as_deref(), &branch)?;
@@ -296,21 +312,29 @@ pub fn push(repo: &Repository, req: &PushRequest) -> Result<Pushed> {
             Ok(Round::Again(why)) => (why, Cause::Race),
             Err(Failure::Transient(why)) => (why, Cause::Unreachable),
             Err(Failure::Raced(why)) => (why, Cause::Race),
-            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Final(error)) => {
+                return Err(Box::new(PushFailed {
+                    error,
+                    progress: Some(state),
+                }));
+            }
             Err(Failure::Rejected { reason, server }) => {
-                return Err(Error::NotPushed {
-                    remote: remote.clone(),
-                    reason,
-                    server,
-                    retry: retry_hint,
-                });
+                return Err(Box::new(PushFailed {
+                    error: Error::NotPushed {
+                        remote: remote.clone(),
+                        reason,
+                        server,
+                        retry: retry_hint,
+                    },
+                    progress: Some(state),
+                }));
             }
         };
         tracing::debug!(attempt = state.attempts, %why, "push to {remote} did not land");
         let pause = backoff(state.attempts, cause);
         let spent = started.elapsed();
         if state.attempts >= budget.attempts || spent + pause > budget.timeout {
-            return Err(Error::NotPushed {
+            let error = Error::NotPushed {
                 remote: remote.clone(),
                 reason: format!(
                     "gave up after {} attempt{} in {:.1}s: {why}",
@@ -320,7 +344,11 @@ pub fn push(repo: &Repository, req: &PushRequest) -> Result<Pushed> {
                 ),
                 server: Vec::new(),
                 retry: retry_hint,
-            });
+            };
+            return Err(Box::new(PushFailed {
+                error,
+                progress: Some(state),
+            }));
         }
         std::thread::sleep(pause);
     }
@@ -438,30 +466,32 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     // Failed runs the remote lacks.
     let failed = plan_failed(ctx, &remote, &plan)?;
 
-    // Nothing to send?
+    // Nothing to send? The local branch may still have to catch up with the remote's tip.
     let branch_current = plan.new_tip.is_none() || plan.new_tip == remote.tip;
     if branch_current && failed.is_empty() {
-        move_local(ctx, local, &plan, &failed, state)?;
+        settle_local(ctx, &remote, local, &plan, &failed, state);
         state.commit = remote.tip;
         state.up_to_date = state.attempts == 1 && plan.new_tip == local;
         return Ok(Round::Done);
     }
 
-    move_local(ctx, local, &plan, &failed, state)?;
-    state.replayed += plan.replayed;
-    for r in &plan.renamed {
-        if !state.renamed.contains(r) {
-            state.renamed.push(r.clone());
-        }
-    }
-    for f in &failed {
-        if let Some(r) = &f.renamed
-            && !state.renamed.contains(r)
-        {
-            state.renamed.push(r.clone());
+    // A checked-out work tree must be able to follow before anything is published.
+    if let (Some(old), Some(new)) = (local, plan.new_tip)
+        && old != new
+    {
+        for dir in crate::worktree::checked_out_dirs(repo, ctx.branch)? {
+            if let Err(why) = read_tree(&dir, old, new, true) {
+                return Err(Failure::Final(Error::WorktreeInTheWay {
+                    worktree: dir,
+                    reason: why,
+                }));
+            }
         }
     }
 
+    // Local refs move only once the remote has taken the push: a lost round leaves nothing
+    // behind but unreferenced objects, and keeps the window between reading the remote's tip
+    // and pushing onto it as short as it can be.
     let mut refspecs = Vec::new();
     if !branch_current && let Some(tip) = plan.new_tip {
         refspecs.push(format!("{tip}:{}", ctx.remote_branch));
@@ -472,11 +502,13 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     match git_push(ctx, &refspecs, deadline)? {
         PushOutcome::Accepted => {
             state.commit = plan.new_tip.or(remote.tip);
-            for f in failed {
-                if !state.failed_refs.contains(&f.name) {
-                    state.failed_refs.push(f.name);
-                }
-            }
+            state.replayed = plan.replayed;
+            state.renamed = plan.renamed.clone();
+            state
+                .renamed
+                .extend(failed.iter().filter_map(|f| f.renamed.clone()));
+            state.failed_refs = failed.iter().map(|f| f.name.clone()).collect();
+            settle_local(ctx, &remote, local, &plan, &failed, state);
             Ok(Round::Done)
         }
         PushOutcome::Raced(why) => Ok(Round::Again(why)),
@@ -1027,8 +1059,20 @@ fn taken(
 fn replay(ctx: &Context<'_>, remote: &RemoteState, local: Oid, r: Oid) -> Result<BranchPlan> {
     let repo = ctx.repo;
     let base = repo.merge_base(local, r).ok();
-    let Some(range) = first_parent_range(repo, local, base)? else {
-        return Err(foreign_error(ctx, &unpushed(repo, local, Some(r))?));
+    let commits = evidence_range(ctx, local, base, r)?;
+    replay_onto(ctx, remote, commits, r)
+}
+
+/// The commits from `tip` back to `base` (first parents), which must all be git-evidence's.
+fn evidence_range(
+    ctx: &Context<'_>,
+    tip: Oid,
+    base: Option<Oid>,
+    other: Oid,
+) -> Result<Vec<EvidenceCommit>> {
+    let repo = ctx.repo;
+    let Some(range) = first_parent_range(repo, tip, base)? else {
+        return Err(foreign_error(ctx, &unpushed(repo, tip, Some(other))?));
     };
     let mut commits = Vec::new();
     let mut foreign = Vec::new();
@@ -1041,6 +1085,17 @@ fn replay(ctx: &Context<'_>, remote: &RemoteState, local: Oid, r: Oid) -> Result
     if !foreign.is_empty() {
         return Err(foreign_error(ctx, &foreign));
     }
+    Ok(commits)
+}
+
+/// Rebuilds `commits` (oldest first), one on top of the other, starting from `r`.
+fn replay_onto(
+    ctx: &Context<'_>,
+    remote: &RemoteState,
+    commits: Vec<EvidenceCommit>,
+    r: Oid,
+) -> Result<BranchPlan> {
+    let repo = ctx.repo;
     let (_, committer) = commit::identity(repo)?;
     let mut plan = BranchPlan {
         new_tip: Some(r),
@@ -1064,12 +1119,9 @@ fn replay(ctx: &Context<'_>, remote: &RemoteState, local: Oid, r: Oid) -> Result
         let folder_tree = repo
             .find_tree(folder_entry.id())
             .map_err(|e| Error::git(format!("cannot read {old_folder}"), e))?;
-        // Already there (pushed before under this id): nothing to add again.
-        if dir
-            .as_ref()
-            .and_then(|d| d.get_name(&c.run_id.to_string()).map(|e| e.id()))
-            == Some(folder_tree.id())
-        {
+        // Already there (pushed before, under this id or, renamed, under a later one; e.g. when
+        // a push landed but the process ended before it moved the local branch).
+        if already_there(repo, dir.as_ref(), &c.run_id, &folder_tree)? {
             plan.map.insert(c.id, tip);
             continue;
         }
@@ -1118,6 +1170,52 @@ fn replay(ctx: &Context<'_>, remote: &RemoteState, local: Oid, r: Oid) -> Result
     }
     plan.new_tip = Some(tip);
     Ok(plan)
+}
+
+/// Whether the runs folder `dir` holds this run already: the folder itself, or the same log and
+/// proof under `id` or one of the ids after it (a rename).
+fn already_there(
+    repo: &Repository,
+    dir: Option<&Tree<'_>>,
+    id: &RunId,
+    folder: &Tree<'_>,
+) -> Result<bool> {
+    let Some(dir) = dir else { return Ok(false) };
+    let mut candidate = id.clone();
+    while let Some(entry) = dir.get_name(&candidate.to_string()) {
+        if entry.id() == folder.id() {
+            return Ok(true);
+        }
+        if entry.kind() == Some(ObjectType::Tree) {
+            let theirs = repo
+                .find_tree(entry.id())
+                .map_err(|e| Error::git(format!("cannot read run {candidate}"), e))?;
+            if same_run(repo, &theirs, folder) {
+                return Ok(true);
+            }
+        }
+        candidate = candidate.next();
+    }
+    Ok(false)
+}
+
+/// Whether two run folders hold the same run: the same log, and proofs equal but for the run id.
+fn same_run(repo: &Repository, a: &Tree<'_>, b: &Tree<'_>) -> bool {
+    let logs = |t: &Tree<'_>| -> Vec<(String, Oid)> {
+        t.iter()
+            .filter_map(|e| {
+                let name = e.name().ok()?.to_owned();
+                (name != "README.md" && name != "proof.json").then(|| (name, e.id()))
+            })
+            .collect()
+    };
+    let proof = |t: &Tree<'_>| -> Option<serde_json::Value> {
+        let blob = repo.find_blob(t.get_name("proof.json")?.id()).ok()?;
+        let mut v: serde_json::Value = serde_json::from_slice(blob.content()).ok()?;
+        v.as_object_mut()?.remove("run_id");
+        Some(v)
+    };
+    logs(a) == logs(b) && proof(a).is_some() && proof(a) == proof(b)
 }
 
 /// A run folder's entries: (name, blob, mode).
@@ -1369,78 +1467,129 @@ fn plan_failed(
 // ---------------------------------------------------------------------------------------------
 // Moving local refs.
 
-/// Moves the local branch to the plan's tip and the rebuilt failed-run refs to their new
-/// commits, all under one ref transaction that checks nothing moved meanwhile; then brings
-/// checked-out work trees along.
-fn move_local(
+/// After the remote took the push (or had everything): moves the local branch to what was
+/// pushed, and the rebuilt failed-run refs to their new names and commits; checked-out work
+/// trees follow. Records made here while the push ran are replayed on top. Problems are
+/// warnings: the evidence is on the remote, and the next push catches up.
+fn settle_local(
     ctx: &Context<'_>,
+    remote: &RemoteState,
     local: Option<Oid>,
     plan: &BranchPlan,
     failed: &[FailedPush],
     state: &mut Pushed,
-) -> RoundResult<()> {
+) {
+    let branch = ctx.branch.trim_start_matches("refs/heads/");
+    if let Some(new) = plan.new_tip
+        && Some(new) != local
+        && let Err(why) = settle_branch(ctx, remote, local, new, state)
+    {
+        state.warnings.push(format!(
+            "pushed, but the local {branch} was left as it was: {why}; the next `git evidence push` catches up"
+        ));
+    }
+    if let Err(why) = settle_failed(ctx, failed) {
+        state.warnings.push(format!(
+            "pushed, but the local failed-run refs were not renamed: {why}"
+        ));
+    }
+}
+
+/// Moves the local branch from `local` to `new` by compare-and-swap; when records landed on it
+/// meanwhile, they are replayed onto `new` first.
+fn settle_branch(
+    ctx: &Context<'_>,
+    remote: &RemoteState,
+    local: Option<Oid>,
+    new: Oid,
+    state: &mut Pushed,
+) -> Result<()> {
     let repo = ctx.repo;
-    let branch_moves = plan.new_tip.is_some() && plan.new_tip != local;
+    let (_, committer) = commit::identity(repo)?;
+    let msg = format!("git-evidence: push to {}", ctx.remote);
+    for _ in 0..20 {
+        let current = local_tip(repo, ctx.branch)?;
+        let target = if current == local {
+            new
+        } else {
+            // Only records made here since the push began (on top of `local`) are expected.
+            let (Some(cur), Some(l)) = (current, local) else {
+                return Err(Error::Inconsistent(format!(
+                    "{} moved meanwhile",
+                    ctx.branch
+                )));
+            };
+            let on_top = repo
+                .graph_descendant_of(cur, l)
+                .map_err(|e| Error::git("cannot walk history", e))?;
+            if !on_top {
+                return Err(Error::Inconsistent(format!(
+                    "{} moved meanwhile",
+                    ctx.branch
+                )));
+            }
+            let commits = evidence_range(ctx, cur, Some(l), new)?;
+            replay_onto(ctx, remote, commits, new)?
+                .new_tip
+                .unwrap_or(new)
+        };
+        let mut tx = repo
+            .transaction()
+            .map_err(|e| Error::git("cannot start a ref transaction", e))?;
+        if tx.lock_ref(ctx.branch).is_err() || local_tip(repo, ctx.branch)? != current {
+            continue;
+        }
+        tx.set_target(ctx.branch, target, Some(&committer), &msg)
+            .map_err(|e| Error::git(format!("cannot update {}", ctx.branch), e))?;
+        if tx.commit().is_err() {
+            continue;
+        }
+        if let Some(old) = current {
+            for dir in crate::worktree::checked_out_dirs(repo, ctx.branch)? {
+                if let Err(why) = read_tree(&dir, old, target, false) {
+                    state.warnings.push(format!(
+                        "{} moved to {}, but the work tree {} could not follow: {why}",
+                        ctx.branch.trim_start_matches("refs/heads/"),
+                        &target.to_string()[..10],
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        return Ok(());
+    }
+    Err(Error::Inconsistent(format!(
+        "{} kept moving or stayed locked",
+        ctx.branch
+    )))
+}
+
+/// Renames (or re-points) the local failed-run refs that were pushed rebuilt.
+fn settle_failed(ctx: &Context<'_>, failed: &[FailedPush]) -> Result<()> {
+    let repo = ctx.repo;
     let rebuilt: Vec<&FailedPush> = failed.iter().filter(|f| f.replaces.is_some()).collect();
-    if !branch_moves && rebuilt.is_empty() {
+    if rebuilt.is_empty() {
         return Ok(());
     }
     let (_, committer) = commit::identity(repo)?;
-    // A checked-out work tree must be able to follow before the branch moves under it.
-    let worktrees = if branch_moves {
-        crate::worktree::checked_out_dirs(repo, ctx.branch)?
-    } else {
-        Vec::new()
-    };
-    if let (Some(old), Some(new)) = (local, plan.new_tip) {
-        for dir in &worktrees {
-            if let Err(why) = read_tree(dir, old, new, true) {
-                return Err(Failure::Final(Error::WorktreeInTheWay {
-                    worktree: dir.clone(),
-                    reason: why,
-                }));
-            }
-        }
-    }
+    let msg = format!("git-evidence: push to {}", ctx.remote);
     let mut tx = repo
         .transaction()
         .map_err(|e| Error::git("cannot start a ref transaction", e))?;
-    let mut locks: Vec<&str> = Vec::new();
-    if branch_moves {
-        locks.push(ctx.branch);
-    }
-    for f in &rebuilt {
-        if let Some((old_name, _)) = &f.replaces {
-            locks.push(old_name);
-        }
-        if !locks.contains(&f.name.as_str()) {
-            locks.push(&f.name);
-        }
-    }
-    for lock in &locks {
-        if let Err(e) = tx.lock_ref(lock) {
-            return Err(Failure::Raced(format!("{lock} is locked: {}", e.message())));
-        }
-    }
-    if branch_moves && local_tip(repo, ctx.branch)? != local {
-        return Err(Failure::Raced(format!("{} moved locally", ctx.branch)));
-    }
     for f in &rebuilt {
         let (old_name, old_id) = f.replaces.as_ref().expect("rebuilt");
+        let names = if old_name == &f.name {
+            vec![old_name.as_str()]
+        } else {
+            vec![old_name.as_str(), f.name.as_str()]
+        };
+        for name in names {
+            tx.lock_ref(name)
+                .map_err(|e| Error::git(format!("cannot lock {name}"), e))?;
+        }
         if repo.refname_to_id(old_name).ok() != Some(*old_id) {
-            return Err(Failure::Raced(format!("{old_name} moved locally")));
+            return Err(Error::Inconsistent(format!("{old_name} moved meanwhile")));
         }
-        if old_name != &f.name && repo.find_reference(&f.name).is_ok() {
-            return Err(Failure::Raced(format!("{} appeared locally", f.name)));
-        }
-    }
-    let msg = format!("git-evidence: push to {}", ctx.remote);
-    if branch_moves && let Some(tip) = plan.new_tip {
-        tx.set_target(ctx.branch, tip, Some(&committer), &msg)
-            .map_err(|e| Error::git(format!("cannot update {}", ctx.branch), e))?;
-    }
-    for f in &rebuilt {
-        let (old_name, _) = f.replaces.as_ref().expect("rebuilt");
         if old_name != &f.name {
             repo.reference_ensure_log(&f.name)
                 .map_err(|e| Error::git(format!("cannot create the reflog of {}", f.name), e))?;
@@ -1450,27 +1599,8 @@ fn move_local(
         tx.set_target(&f.name, f.commit, Some(&committer), &msg)
             .map_err(|e| Error::git(format!("cannot update {}", f.name), e))?;
     }
-    if let Err(e) = tx.commit() {
-        return Err(Failure::Raced(format!(
-            "local refs changed while they were updated: {}",
-            e.message()
-        )));
-    }
-    if let (Some(old), Some(new)) = (local, plan.new_tip)
-        && branch_moves
-    {
-        for dir in &worktrees {
-            if let Err(why) = read_tree(dir, old, new, false) {
-                state.warnings.push(format!(
-                    "{} moved to {}, but the work tree {} could not follow: {why}",
-                    ctx.branch.trim_start_matches("refs/heads/"),
-                    &new.to_string()[..10],
-                    dir.display()
-                ));
-            }
-        }
-    }
-    Ok(())
+    tx.commit()
+        .map_err(|e| Error::git("cannot update the failed-run refs", e))
 }
 
 /// `git read-tree -m -u OLD NEW` in a work tree: moves its index and files from one commit to

@@ -6,12 +6,14 @@
 mod common;
 
 mod concurrency;
+mod daemon;
 mod failed;
 mod hooks;
 mod input;
 mod layout;
 mod list;
 mod proxmox_api;
+mod push;
 mod pve_packer;
 mod pve_sim;
 mod redaction;
