@@ -429,7 +429,7 @@ struct RemoteState {
 
 fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResult<Round> {
     let repo = ctx.repo;
-    let remote = ls_remote(ctx, deadline)?;
+    let remote = observe(ctx, deadline)?;
     let local = local_tip(repo, ctx.branch)?;
 
     // The branch: what to put on the remote.
@@ -445,6 +445,7 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
         if repo.find_commit(r).is_err() {
             fetch(ctx, deadline)?;
             if repo.find_commit(r).is_err() {
+                // Moved again (or was rewritten) between reading and fetching.
                 return Ok(Round::Again(format!(
                     "{} moved on {} while it was fetched",
                     ctx.remote_branch, ctx.remote
@@ -611,9 +612,77 @@ fn args<const N: usize>(list: [&str; N]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
 }
 
-/// The remote's branch tip and failed-run refs.
-fn ls_remote(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
-    let mut a = args(["ls-remote", "--refs", "--", ctx.remote, ctx.remote_branch]);
+/// What the remote has, in as few round trips as possible, since a host that takes longer
+/// between reading the remote's tip and pushing onto it loses more races. With a named remote,
+/// one fetch into its remote-tracking branch reads the tip and brings its objects at once (and
+/// an ls-remote lists the failed-run refs when there are local ones to compare); otherwise
+/// ls-remote reads both, and a fetch follows when the tip is new here.
+fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
+    let repo = ctx.repo;
+    if let Some(tracking) = tracking_ref(ctx) {
+        let spec = format!("+{}:{tracking}", ctx.remote_branch);
+        let a = args([
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            ctx.remote,
+            &spec,
+        ]);
+        let out = git(ctx, &a, deadline)?;
+        let tip =
+            if out.success {
+                Some(repo.refname_to_id(&tracking).map_err(|e| {
+                    Error::git(format!("cannot read {tracking} after fetching it"), e)
+                })?)
+            } else if out.stderr.contains("couldn't find remote ref") {
+                None
+            } else if is_local_lock_error(&out.stderr) {
+                // Another process here is fetching into the same ref: ask the remote directly.
+                return ls_remote(ctx, deadline, true);
+            } else {
+                return Err(connection_failure(ctx, &out.stderr));
+            };
+        let has_failed = repo
+            .references_glob(&format!("{FAILED_PREFIX}*"))
+            .map(|mut refs| refs.next().is_some())
+            .unwrap_or(true);
+        let failed = if has_failed {
+            ls_remote(ctx, deadline, false)?.failed
+        } else {
+            BTreeMap::new()
+        };
+        return Ok(RemoteState { tip, failed });
+    }
+    let remote = ls_remote(ctx, deadline, true)?;
+    if let Some(r) = remote.tip
+        && repo.find_commit(r).is_err()
+    {
+        fetch(ctx, deadline)?;
+    }
+    Ok(remote)
+}
+
+/// The remote-tracking branch of the remote branch, when the remote is a configured one.
+fn tracking_ref(ctx: &Context<'_>) -> Option<String> {
+    if !is_named_remote(ctx.repo, ctx.remote) {
+        return None;
+    }
+    let short = ctx.remote_branch.strip_prefix("refs/heads/")?;
+    Some(format!("refs/remotes/{}/{short}", ctx.remote))
+}
+
+fn is_local_lock_error(stderr: &str) -> bool {
+    stderr.contains("cannot lock ref") || stderr.contains("unable to update local ref")
+}
+
+/// The remote's failed-run refs, and its branch tip when `branch`.
+fn ls_remote(ctx: &Context<'_>, deadline: Instant, branch: bool) -> RoundResult<RemoteState> {
+    let mut a = args(["ls-remote", "--refs", "--", ctx.remote]);
+    if branch {
+        a.push(ctx.remote_branch.into());
+    }
     a.push(format!("{FAILED_PREFIX}*").into());
     let out = git(ctx, &a, deadline)?;
     if !out.success {
@@ -628,7 +697,7 @@ fn ls_remote(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
             continue;
         };
         let Ok(id) = Oid::from_str(id) else { continue };
-        if name == ctx.remote_branch {
+        if branch && name == ctx.remote_branch {
             state.tip = Some(id);
         } else if let Some(rest) = name.strip_prefix(FAILED_PREFIX) {
             state.failed.insert(rest.to_owned(), id);
@@ -654,9 +723,7 @@ fn fetch(ctx: &Context<'_>, deadline: Instant) -> RoundResult<()> {
         // Another fetch in this repository may hold the remote-tracking ref's lock; the objects
         // arrived all the same. The caller checks for them.
         tracing::debug!(stderr = %out.stderr.trim(), "git fetch failed");
-        if !out.stderr.contains("cannot lock ref")
-            && !out.stderr.contains("unable to update local ref")
-        {
+        if !is_local_lock_error(&out.stderr) {
             return Err(connection_failure(ctx, &out.stderr));
         }
     }
