@@ -1553,3 +1553,59 @@ fn a_checked_out_writer_whose_push_replayed_ends_clean_with_the_other_hosts_run(
     );
     assert_verify_clean(&env, &a);
 }
+
+/// A push that landed on the server but ended before the local branch moved (the host crashed,
+/// or was killed) is pushed again: the runs the server already has, renamed or not, are not
+/// added a second time, and the local branch catches up with the server.
+#[test]
+fn a_push_cut_short_before_the_local_branch_moved_adds_nothing_twice() {
+    const AT: &str = "2026-11-26T10:15:00Z";
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", true);
+    let b = host(&env, server.to_str().unwrap(), "host-b", true);
+    let (a_log, _) = log_file(&env, "a-ok");
+    let (b_log, _) = log_file(&env, "b-ok");
+    let (a_later, _) = log_file(&env, "a-later");
+    env.evidence_ok(&b, with(record_args("t", &b_log, AT), &["--push"]));
+    // Host A: one run with B's id (renamed when pushed) and one of its own.
+    env.evidence_ok(&a, record_args("t", &a_log, AT));
+    env.evidence_ok(&a, record_args("t", &a_later, "2026-11-26T10:20:00Z"));
+    let before = rev(&env, &a, "main");
+
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "host A's push");
+    assert_eq!(push_json(&out)["replayed"], 2);
+    let landed = rev(&env, &server, "main");
+    assert_eq!(rev(&env, &a, "main"), landed);
+
+    // As if the push had been cut short after the server took it: A's branch is back where
+    // it was, holding the runs as they were before the replay.
+    env.git(&a, ["update-ref", "refs/heads/main", &before]);
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "host A's second push");
+    let push = push_json(&out);
+    assert_eq!(push["pushed"], true, "{push:#}");
+    assert_eq!(push["replayed"], 0, "{push:#}");
+    assert_eq!(
+        rev(&env, &server, "main"),
+        landed,
+        "nothing new may land: {push:#}"
+    );
+    assert_eq!(
+        rev(&env, &a, "main"),
+        landed,
+        "A catches up with the server"
+    );
+    let base_id = base_id(AT);
+    assert_eq!(
+        runs_at(&env, &server, "main", "t"),
+        BTreeSet::from([
+            base_id.clone(),
+            format!("{base_id}-2"),
+            "2026-11-26T102000Z".to_owned()
+        ])
+    );
+    assert_verify_clean(&env, &server);
+}
