@@ -111,10 +111,6 @@ pub enum Error {
         commits: Vec<String>,
     },
 
-    /// A checked-out work tree has local changes where the replayed branch differs.
-    #[error("not pushed: the work tree {} cannot follow the branch: {reason}", worktree.display())]
-    WorktreeInTheWay { worktree: PathBuf, reason: String },
-
     /// A remote name that is not configured (and not a URL or a path).
     #[error("no remote named {0:?}")]
     NoRemote(String),
@@ -195,9 +191,7 @@ impl Error {
             | Error::BadRevision { .. }
             | Error::NoRemote(_)
             | Error::DetachedHead => ErrorKind::Input,
-            Error::NotPushed { .. }
-            | Error::ForeignCommits { .. }
-            | Error::WorktreeInTheWay { .. } => ErrorKind::NotPushed,
+            Error::NotPushed { .. } | Error::ForeignCommits { .. } => ErrorKind::NotPushed,
             _ => ErrorKind::Runtime,
         }
     }
@@ -228,9 +222,6 @@ impl Error {
                 "push them first (git push {remote} {branch}), or record evidence onto a dedicated \
                  branch with --branch (e.g. --branch evidence); then run: git evidence push {remote}"
             )),
-            Error::WorktreeInTheWay { .. } => {
-                Some("commit or stash the local changes, then run: git evidence push".into())
-            }
             Error::NoRemote(name) => Some(format!(
                 "add it with `git remote add {name} URL`, name another remote, or set `git config evidence.remote`"
             )),

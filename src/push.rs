@@ -476,20 +476,6 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
         return Ok(Round::Done);
     }
 
-    // A checked-out work tree must be able to follow before anything is published.
-    if let (Some(old), Some(new)) = (local, plan.new_tip)
-        && old != new
-    {
-        for dir in crate::worktree::checked_out_dirs(repo, ctx.branch)? {
-            if let Err(why) = read_tree(&dir, old, new, true) {
-                return Err(Failure::Final(Error::WorktreeInTheWay {
-                    worktree: dir,
-                    reason: why,
-                }));
-            }
-        }
-    }
-
     // Local refs move only once the remote has taken the push: a lost round leaves nothing
     // behind but unreferenced objects, and keeps the window between reading the remote's tip
     // and pushing onto it as short as it can be.
@@ -1600,6 +1586,19 @@ fn settle_branch(
                 .new_tip
                 .unwrap_or(new)
         };
+        // A checked-out work tree must be able to follow, or the branch stays: `git status`
+        // would otherwise show the difference as changes. The runs are on the remote already.
+        let worktrees = crate::worktree::checked_out_dirs(repo, ctx.branch)?;
+        if let Some(old) = current {
+            for dir in &worktrees {
+                read_tree(dir, old, target, true).map_err(|why| {
+                    Error::Inconsistent(format!(
+                        "the work tree {} has local changes in the way ({why}); commit or stash them",
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
         let mut tx = repo
             .transaction()
             .map_err(|e| Error::git("cannot start a ref transaction", e))?;
@@ -1612,7 +1611,7 @@ fn settle_branch(
             continue;
         }
         if let Some(old) = current {
-            for dir in crate::worktree::checked_out_dirs(repo, ctx.branch)? {
+            for dir in worktrees {
                 if let Err(why) = read_tree(&dir, old, target, false) {
                     state.warnings.push(format!(
                         "{} moved to {}, but the work tree {} could not follow: {why}",

@@ -1609,3 +1609,78 @@ fn a_push_cut_short_before_the_local_branch_moved_adds_nothing_twice() {
     );
     assert_verify_clean(&env, &server);
 }
+
+/// A checked-out writer whose replayed branch its work tree cannot follow (a local edit where
+/// the branch changes): the push lands, the local branch and the edit stay as they were, with a
+/// warning; once the edit is gone, the next push catches the branch up.
+#[test]
+fn a_work_tree_with_local_changes_in_the_way_keeps_its_branch_and_catches_up_later() {
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", false);
+    let b = host(&env, server.to_str().unwrap(), "host-b", true);
+    let (a_log, _) = log_file(&env, "a-ok");
+    let (b_log, _) = log_file(&env, "b-ok");
+    let (a_first, _) = log_file(&env, "a-first");
+    // The index page exists on both sides before the race, so the edit is to a tracked file.
+    env.evidence_ok(
+        &a,
+        with(
+            record_args("t", &a_first, "2026-11-26T09:00:00Z"),
+            &["--push"],
+        ),
+    );
+    env.git(
+        &b,
+        ["fetch", "-q", "origin", "+refs/heads/main:refs/heads/main"],
+    );
+    env.evidence_ok(
+        &b,
+        with(
+            record_args("t", &b_log, "2026-11-26T10:00:00Z"),
+            &["--push"],
+        ),
+    );
+    env.evidence_ok(&a, record_args("t", &a_log, "2026-11-26T10:05:00Z"));
+    let before = rev(&env, &a, "main");
+    let index = a.join("evidence/README.md");
+    let edited = format!("{}\nmy notes\n", std::fs::read_to_string(&index).unwrap());
+    std::fs::write(&index, &edited).unwrap();
+
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "the push itself lands");
+    let push = push_json(&out);
+    assert_eq!(push["replayed"], 1, "{push:#}");
+    let warnings = push["warnings"].to_string();
+    assert!(
+        warnings.contains("local changes in the way"),
+        "a warning names the work tree: {push:#}"
+    );
+    let landed = rev(&env, &server, "main");
+    assert_eq!(push["commit"], landed.as_str());
+    assert_eq!(rev(&env, &a, "main"), before, "the branch stays");
+    assert_eq!(
+        std::fs::read_to_string(&index).unwrap(),
+        edited,
+        "the edit stays"
+    );
+
+    env.git(&a, ["checkout", "--", "evidence/README.md"]);
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "the catching-up push");
+    let push = push_json(&out);
+    assert_eq!(push["warnings"], serde_json::json!([]), "{push:#}");
+    assert_eq!(rev(&env, &server, "main"), landed, "nothing new lands");
+    assert_eq!(rev(&env, &a, "main"), landed);
+    assert_clean(&env, &a);
+    assert_eq!(
+        runs_at(&env, &a, "HEAD", "t").len(),
+        3,
+        "the work tree's branch has all three runs"
+    );
+    assert!(
+        a.join("evidence/builds/t/2026-11-26T100000Z/packer.log")
+            .is_file()
+    );
+}
