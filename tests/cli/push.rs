@@ -538,7 +538,12 @@ fn eight_hosts_push_twenty_five_runs_each_to_one_server_at_once() {
                 server.display().to_string()
             };
             let bare = w % 2 == 1;
-            (host(&env, &source, &format!("writer-{w}"), bare), bare)
+            let repo = host(&env, &source, &format!("writer-{w}"), bare);
+            // This test is about every proof landing, not about the default budget: on a
+            // loaded CI machine a host may need more rounds and time than a real one would.
+            env.git(&repo, ["config", "evidence.pushAttempts", "1000"]);
+            env.git(&repo, ["config", "evidence.pushTimeout", "15m"]);
+            (repo, bare)
         })
         .collect();
     let plans: Vec<Vec<Job>> = (0..WRITERS).map(|w| plan(&env, w)).collect();
