@@ -349,6 +349,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Record(args) => {
             let req = record_request(args)?;
             let repo = open_repo()?;
+            preflight_push(&repo, &args.filing)?;
             let recorded = record::record(&repo, &req)?;
             let pushed = args.filing.push.as_ref().map(|remote| {
                 if !cli.json {
@@ -360,14 +361,16 @@ fn run(cli: &Cli) -> Result<i32> {
                 Some(p) if !cli.json => print_push(cli, p, false),
                 _ => print_recorded(cli, &recorded, pushed.as_ref()),
             }
+            // Recorded is recorded: whatever stopped the push, the code says "not pushed".
             match &pushed {
-                Some(Err(failed)) => Ok(failed.error.exit_code()),
+                Some(Err(_)) => Ok(crate::push::EXIT_NOT_PUSHED),
                 _ => Ok(0),
             }
         }
         Command::Run(args) => {
             let req = run_request(cli, args)?;
             let repo = open_repo()?;
+            preflight_push(&repo, &args.filing)?;
             let (report, validation_code) = match run::run(&repo, &req) {
                 Ok(r) => r,
                 Err(e @ Error::Spawn { .. }) => {
@@ -397,12 +400,25 @@ fn run(cli: &Cli) -> Result<i32> {
             let code = report.exit_code(validation_code);
             Ok(match &pushed {
                 // A build that succeeded but did not travel says so; a failed build keeps its code.
-                Some(Err(failed)) if code == 0 => failed.error.exit_code(),
+                Some(Err(_)) if code == 0 => crate::push::EXIT_NOT_PUSHED,
                 _ => code,
             })
         }
         Command::Push(args) => {
             let repo = open_repo()?;
+            if let Some(name) = &args.branch {
+                // A typo in a timer's command line must not report "up to date" forever.
+                let full = record::resolve_branch(&repo, Some(name))?;
+                let failed_runs = repo
+                    .references_glob("refs/evidence/failed/*")
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(false);
+                if repo.find_reference(&full).is_err() && !failed_runs {
+                    return Err(Error::Inconsistent(format!(
+                        "there is no branch {name:?} here, and no failed runs: nothing to push"
+                    )));
+                }
+            }
             let req = crate::push::PushRequest {
                 remote: args.remote.clone(),
                 branch: args.branch.clone(),
@@ -437,6 +453,18 @@ fn run(cli: &Cli) -> Result<i32> {
                         outcome.remote, outcome.refspec
                     );
                 }
+            }
+            let local_failed = repo
+                .references_glob("refs/evidence/failed/*")
+                .map(|refs| refs.count())
+                .unwrap_or(0);
+            if local_failed > 0 && !cli.quiet {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: this repository has {local_failed} failed-run ref(s): a fetch now replaces local \
+                     failed runs of the same name, and a pruning fetch deletes those the remote lacks; \
+                     on a build host, push them first (git evidence push)"
+                );
             }
             Ok(0)
         }
@@ -627,6 +655,23 @@ fn run_request(cli: &Cli, args: &RunArgs) -> Result<RunRequest> {
         show_debug: cli.verbose > 0,
         redaction: args.filing.redaction(),
     })
+}
+
+/// Fails on a `--push` that cannot work (unknown remote, bad budget) before anything runs.
+fn preflight_push(repo: &Repository, filing: &FilingArgs) -> Result<()> {
+    let Some(remote) = &filing.push else {
+        return Ok(());
+    };
+    crate::push::preflight(
+        repo,
+        &crate::push::PushRequest {
+            remote: (!remote.is_empty()).then(|| remote.clone()),
+            branch: filing.branch.clone(),
+            root: None,
+            attempts: filing.push_budget.attempts,
+            timeout: filing.push_budget.timeout,
+        },
+    )
 }
 
 type PushResult = std::result::Result<crate::push::Pushed, Box<crate::push::PushFailed>>;

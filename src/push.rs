@@ -47,6 +47,8 @@ pub const EXIT_NOT_PUSHED: i32 = 76;
 pub const DEFAULT_ATTEMPTS: u32 = 100;
 /// Time budget of a push, unless `evidence.pushTimeout` or `--timeout` say otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest any duration given to git-evidence may be (a day).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The longest a single git command may take when the budget is nearly spent.
 const MIN_COMMAND_TIME: Duration = Duration::from_secs(30);
 
@@ -210,12 +212,18 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let bad = || format!("{text:?} is not a duration: use e.g. 90s, 5m or 1h");
     let n: u64 = number.parse().map_err(|_| bad())?;
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
         _ => return Err(bad()),
     };
-    Ok(Duration::from_secs(secs))
+    match secs {
+        Some(secs) if secs <= MAX_TIMEOUT.as_secs() => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "{text:?} is too long: at most {}h",
+            MAX_TIMEOUT.as_secs() / 3600
+        )),
+    }
 }
 
 /// The pause before round `attempt + 1`: exponential, with the upper half randomised so hosts
@@ -253,6 +261,15 @@ fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// Checks what a push after recording will need (the remote, the budget) before anything is
+/// recorded or built, so that a typo is an input error, not a build whose push fails.
+pub fn preflight(repo: &Repository, req: &PushRequest) -> Result<()> {
+    let branch = record::resolve_branch(repo, req.branch.as_deref())?;
+    resolve_remote(repo, req.remote.as_deref(), &branch)?;
+    budget(repo, req)?;
+    Ok(())
 }
 
 /// A push that did not land: why, and how far it got (`None` when it did not start).
@@ -465,11 +482,13 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     }
 
     // Failed runs the remote lacks.
-    let failed = plan_failed(ctx, &remote, &plan)?;
+    fetch_suspects(ctx, &remote, deadline)?;
+    let failed = plan_failed(ctx, &remote, local, &plan)?;
 
     // Nothing to send? The local branch may still have to catch up with the remote's tip.
     let branch_current = plan.new_tip.is_none() || plan.new_tip == remote.tip;
-    if branch_current && failed.is_empty() {
+    let to_send: Vec<&FailedPush> = failed.iter().filter(|f| !f.adopted).collect();
+    if branch_current && to_send.is_empty() {
         settle_local(ctx, &remote, local, &plan, &failed, state);
         state.commit = remote.tip;
         state.up_to_date = state.attempts == 1 && plan.new_tip == local;
@@ -483,7 +502,7 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     if !branch_current && let Some(tip) = plan.new_tip {
         refspecs.push(format!("{tip}:{}", ctx.remote_branch));
     }
-    for f in &failed {
+    for f in &to_send {
         refspecs.push(format!("{}:{}", f.commit, f.name));
     }
     match git_push(ctx, &refspecs, deadline)? {
@@ -494,7 +513,7 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
             state
                 .renamed
                 .extend(failed.iter().filter_map(|f| f.renamed.clone()));
-            state.failed_refs = failed.iter().map(|f| f.name.clone()).collect();
+            state.failed_refs = to_send.iter().map(|f| f.name.clone()).collect();
             settle_local(ctx, &remote, local, &plan, &failed, state);
             Ok(Round::Done)
         }
@@ -553,37 +572,48 @@ fn git(ctx: &Context<'_>, args: &[OsString], deadline: Instant) -> RoundResult<G
 
 /// Runs `cmd` to completion or until `limit` passes (then it is killed and reported failed).
 fn run_limited(mut cmd: Command, limit: Duration) -> std::io::Result<GitOutput> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    // Its own process group, so that a timeout kills what git started too (ssh, a remote
+    // helper, a hook), which would otherwise keep the pipes open.
+    cmd.process_group(0);
     let mut child = cmd.spawn()?;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let pipe = |mut r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            let _ = tx.send(s);
+        });
+        rx
+    };
+    let out = pipe(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = pipe(Box::new(child.stderr.take().expect("piped stderr")));
     let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = tx.send(());
-        status
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
     });
-    let timed_out = rx.recv_timeout(limit).is_err();
-    if timed_out {
-        // SAFETY: kill(2) on the pid of a child that has not been reaped yet (the waiter thread
-        // reaps it only after it exits).
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    let (status, timed_out) = match rx.recv_timeout(limit) {
+        Ok(status) => (status?, false),
+        Err(_) => {
+            // SAFETY: kill(2) of the process group git leads; git is not reaped before it exits.
+            unsafe {
+                libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+            }
+            match rx.recv() {
+                Ok(status) => (status?, true),
+                Err(_) => return Err(std::io::Error::other("lost track of git")),
+            }
         }
-    }
-    let status = waiter.join().expect("waiter thread")?;
-    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let mut stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    };
+    // Whatever still holds the pipes after git ended is not waited for long.
+    let grace = Duration::from_secs(if timed_out { 1 } else { 10 });
+    let text = |rx: mpsc::Receiver<Vec<u8>>| {
+        String::from_utf8_lossy(&rx.recv_timeout(grace).unwrap_or_default()).into_owned()
+    };
+    let stdout = text(out);
+    let mut stderr = text(err);
     if timed_out {
         stderr.push_str(&format!("\ngit did not finish within {}s", limit.as_secs()));
     }
@@ -716,7 +746,9 @@ fn fetch(ctx: &Context<'_>, deadline: Instant) -> RoundResult<()> {
     Ok(())
 }
 
-/// Classifies a failure to talk to the remote at all.
+/// Classifies a git command that failed before any ref was updated: trouble on the way to
+/// the server (worth another round) or a refusal (authentication, a missing repository, a
+/// local hook) that another round would only repeat.
 fn connection_failure(ctx: &Context<'_>, stderr: &str) -> Failure {
     let lower = stderr.to_ascii_lowercase();
     let permanent = [
@@ -724,14 +756,36 @@ fn connection_failure(ctx: &Context<'_>, stderr: &str) -> Failure {
         "permission denied",
         "could not read username",
         "could not read password",
+        "terminal prompts disabled",
         "repository not found",
+        "' not found",
         "does not appear to be a git repository",
         "access denied",
-        "returned error: 403",
         "returned error: 401",
+        "returned error: 403",
         "returned error: 404",
         "invalid username or password",
         "host key verification failed",
+    ];
+    let transient = [
+        "unable to connect",
+        "connection refused",
+        "connection reset",
+        "connection closed",
+        "timed out",
+        "could not resolve host",
+        "could not resolve hostname",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "network is unreachable",
+        "no route to host",
+        "the remote end hung up unexpectedly",
+        "early eof",
+        "rpc failed",
+        "returned error: 5",
+        "broken pipe",
+        "could not read from remote repository",
+        "git did not finish within",
     ];
     let lines: Vec<String> = stderr
         .lines()
@@ -739,27 +793,18 @@ fn connection_failure(ctx: &Context<'_>, stderr: &str) -> Failure {
         .filter(|l| !l.is_empty() && !l.starts_with("hint:"))
         .map(str::to_owned)
         .collect();
-    let summary = lines
-        .iter()
-        .rev()
-        .find(|l| !l.starts_with("remote:"))
-        .cloned()
-        .unwrap_or_else(|| "git failed without a message".into());
-    if permanent.iter().any(|p| lower.contains(p)) {
-        Failure::Rejected {
-            reason: format!(
-                "cannot reach {}: {}",
-                ctx.remote,
-                summary.trim_start_matches("fatal: ")
-            ),
-            server: lines,
-        }
+    let text = if lines.is_empty() {
+        "git failed without a message".to_owned()
     } else {
-        Failure::Transient(format!(
-            "cannot reach {}: {}",
-            ctx.remote,
-            lines.join(" / ").replace("fatal: ", "")
-        ))
+        lines.join(" / ").replace("fatal: ", "")
+    };
+    if !permanent.iter().any(|p| lower.contains(p)) && transient.iter().any(|p| lower.contains(p)) {
+        Failure::Transient(format!("cannot reach {}: {text}", ctx.remote))
+    } else {
+        Failure::Rejected {
+            reason: format!("{}: {text}", ctx.remote),
+            server: Vec::new(),
+        }
     }
 }
 
@@ -806,7 +851,9 @@ fn git_push(ctx: &Context<'_>, refspecs: &[String], deadline: Instant) -> RoundR
                 let reason = r.reason.as_str();
                 if is_race_reason(reason) {
                     raced.push(format!("{}: {}", r.to, r.summary));
-                } else if reason != "atomic push failed" && reason != "atomic transaction failed" {
+                } else if !reason.starts_with("atomic push fail")
+                    && reason != "atomic transaction failed"
+                {
                     refused.push(format!("{} {}", r.to, r.summary));
                 }
             }
@@ -1374,6 +1421,8 @@ struct FailedPush {
     /// The local ref it replaces when it was renamed or rebuilt: (old name, old id).
     replaces: Option<(String, Oid)>,
     renamed: Option<Renamed>,
+    /// The remote has this run under `name` already: only the local ref changes.
+    adopted: bool,
 }
 
 /// The local failed-run refs the remote lacks, rebuilt where needed: renamed when the remote
@@ -1382,6 +1431,7 @@ struct FailedPush {
 fn plan_failed(
     ctx: &Context<'_>,
     remote: &RemoteState,
+    local_tip: Option<Oid>,
     plan: &BranchPlan,
 ) -> Result<Vec<FailedPush>> {
     let repo = ctx.repo;
@@ -1414,10 +1464,43 @@ fn plan_failed(
             .find_commit(*id)
             .map_err(|e| Error::git(format!("cannot read {name}"), e))?;
         let dir_path = ctx.root.join(runs);
+        // Runs filed under another evidence root, or against another branch, travel with
+        // that root's or that branch's push.
+        let folder = format!("{dir_path}/{run_id}");
+        if old
+            .tree()
+            .ok()
+            .and_then(|t| t.get_path(Path::new(&folder)).ok())
+            .is_none()
+        {
+            continue;
+        }
+        if let Some(p) = old.parent_id(0).ok()
+            && !plan.map.contains_key(&p)
+            && !reaches(repo, local_tip, p)?
+            && !reaches(repo, remote.tip, p)?
+        {
+            continue;
+        }
         let dir = match &tip_tree {
             Some(t) => subtree(repo, t, &dir_path)?,
             None => None,
         };
+        // The remote may have this very run already, under this id or a later one (a push that
+        // landed but ended before the local ref was renamed): then it is not sent again.
+        if let Some((remote_key, remote_id)) =
+            on_remote_already(repo, ctx.root, remote, runs, &run_id, &old)?
+        {
+            out.push(FailedPush {
+                name: format!("{FAILED_PREFIX}{remote_key}"),
+                commit: remote_id,
+                replaces: Some((name.clone(), *id)),
+                renamed: None,
+                adopted: true,
+            });
+            claimed.insert(remote_key);
+            continue;
+        }
         // A new id when the remote has this one (another host's run) or the branch has it.
         let collides = |candidate: &RunId| {
             let n = candidate.to_string();
@@ -1459,6 +1542,7 @@ fn plan_failed(
                 commit: *id,
                 replaces: None,
                 renamed: None,
+                adopted: false,
             });
             continue;
         }
@@ -1512,9 +1596,108 @@ fn plan_failed(
             commit,
             replaces: Some((name.clone(), *id)),
             renamed,
+            adopted: false,
         });
     }
     Ok(out)
+}
+
+/// The remote's failed-run ref (key, id) holding the same run as the local commit `ours`
+/// (`runs/run_id`), under its id or a later one; its objects must have been fetched (see
+/// [`fetch_suspects`]).
+fn on_remote_already(
+    repo: &Repository,
+    root: &EvidenceRoot,
+    remote: &RemoteState,
+    runs: &str,
+    run_id: &RunId,
+    ours: &git2::Commit<'_>,
+) -> Result<Option<(String, Oid)>> {
+    let folder_of = |commit: &git2::Commit<'_>, id: &RunId| -> Option<Oid> {
+        let path = root.join(&format!("{runs}/{id}"));
+        commit
+            .tree()
+            .ok()?
+            .get_path(Path::new(&path))
+            .ok()
+            .map(|e| e.id())
+    };
+    let Some(mine) = folder_of(ours, run_id).and_then(|id| repo.find_tree(id).ok()) else {
+        return Ok(None);
+    };
+    let mut candidate = run_id.clone();
+    while let Some(remote_id) = remote.failed.get(&format!("{runs}/{candidate}")) {
+        if let Ok(theirs) = repo.find_commit(*remote_id)
+            && let Some(folder) = folder_of(&theirs, &candidate)
+            && let Ok(tree) = repo.find_tree(folder)
+            && (tree.id() == mine.id() || same_run(repo, &tree, &mine))
+        {
+            return Ok(Some((format!("{runs}/{candidate}"), *remote_id)));
+        }
+        candidate = candidate.next();
+    }
+    Ok(None)
+}
+
+/// Fetches the objects of the remote's failed-run refs that have the name of a local one with
+/// other contents (and of the ids after it), so that [`on_remote_already`] can compare them.
+fn fetch_suspects(ctx: &Context<'_>, remote: &RemoteState, deadline: Instant) -> RoundResult<()> {
+    let repo = ctx.repo;
+    let mut wanted = Vec::new();
+    let refs = repo
+        .references_glob(&format!("{FAILED_PREFIX}*"))
+        .map_err(|e| Error::git("cannot list failed-run refs", e))?;
+    for r in refs.flatten() {
+        let (Ok(name), Some(id)) = (r.name(), r.target()) else {
+            continue;
+        };
+        let key = &name[FAILED_PREFIX.len()..];
+        let Some((runs, run)) = key.rsplit_once('/') else {
+            continue;
+        };
+        let Ok(mut candidate) = run.parse::<RunId>() else {
+            continue;
+        };
+        if remote.failed.get(key).is_none_or(|r| *r == id) {
+            continue;
+        }
+        while let Some(remote_id) = remote.failed.get(&format!("{runs}/{candidate}")) {
+            if repo.find_commit(*remote_id).is_err() {
+                wanted.push(format!("{FAILED_PREFIX}{runs}/{candidate}"));
+            }
+            candidate = candidate.next();
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let mut a = args([
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--",
+        ctx.remote,
+    ]);
+    a.extend(wanted.iter().map(OsString::from));
+    let out = git(ctx, &a, deadline)?;
+    if !out.success {
+        return Err(connection_failure(ctx, &out.stderr));
+    }
+    Ok(())
+}
+
+/// Whether `commit` is `tip` or one of its ancestors.
+fn reaches(repo: &Repository, tip: Option<Oid>, commit: Oid) -> Result<bool> {
+    match tip {
+        Some(t) if t == commit => Ok(true),
+        Some(t) => repo
+            .graph_descendant_of(t, commit)
+            .map_err(|e| Error::git("cannot walk history", e)),
+        None => Ok(false),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1562,6 +1745,9 @@ fn settle_branch(
     let msg = format!("git-evidence: push to {}", ctx.remote);
     for _ in 0..20 {
         let current = local_tip(repo, ctx.branch)?;
+        if current == Some(new) {
+            return Ok(()); // another push from here got there first
+        }
         let target = if current == local {
             new
         } else {
@@ -1655,6 +1841,17 @@ fn settle_failed(ctx: &Context<'_>, failed: &[FailedPush]) -> Result<()> {
         }
         if repo.refname_to_id(old_name).ok() != Some(*old_id) {
             return Err(Error::Inconsistent(format!("{old_name} moved meanwhile")));
+        }
+        if old_name != &f.name
+            && let Ok(taken) = repo.refname_to_id(&f.name)
+            && taken != f.commit
+        {
+            // A run recorded here meanwhile took the name; this one stays as it is, and the
+            // next push finds it on the remote already.
+            return Err(Error::Inconsistent(format!(
+                "{} was taken here meanwhile; {old_name} stays",
+                f.name
+            )));
         }
         if old_name != &f.name {
             repo.reference_ensure_log(&f.name)

@@ -1689,3 +1689,127 @@ fn a_work_tree_with_local_changes_in_the_way_keeps_its_branch_and_catches_up_lat
             .is_file()
     );
 }
+
+/// A failed run whose push landed but whose local rename did not happen (the host went down in
+/// between) is recognised on the remote under its new name: nothing is sent twice, and the local
+/// ref takes the remote's name and commit.
+#[test]
+fn a_failed_run_already_on_the_remote_under_a_new_id_is_not_sent_twice() {
+    const AT: &str = "2026-11-26T11:00:00Z";
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", true);
+    let b = host(&env, server.to_str().unwrap(), "host-b", true);
+    let (a_log, _) = log_file(&env, "a-failed");
+    let (b_log, _) = log_file(&env, "b-failed");
+    env.evidence_ok(&b, with(record_with_code("t", &b_log, AT, 1), &["--push"]));
+    env.evidence_ok(&a, record_with_code("t", &a_log, AT, 1));
+    let id = base_id(AT);
+    let name = |id: &str| format!("refs/evidence/failed/builds/t/{id}");
+    let before = rev(&env, &a, &name(&id));
+
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "host A's push");
+    assert_eq!(
+        failed_refs_of(&push_json(&out)),
+        vec![name(&format!("{id}-2"))]
+    );
+    let server_refs = remote_refs(&env, &a, server.to_str().unwrap(), "refs/evidence/*");
+    assert_eq!(server_refs.len(), 2, "{server_refs:?}");
+
+    // As if the host had gone down after the server took the push: the old local ref is back,
+    // the renamed one is gone.
+    env.git(&a, ["update-ref", &name(&id), &before]);
+    env.git(&a, ["update-ref", "-d", &name(&format!("{id}-2"))]);
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "host A's second push");
+    let push = push_json(&out);
+    assert!(
+        failed_refs_of(&push).is_empty(),
+        "nothing is sent: {push:#}"
+    );
+    assert_eq!(
+        remote_refs(&env, &a, server.to_str().unwrap(), "refs/evidence/*"),
+        server_refs,
+        "the server's refs are unchanged"
+    );
+    assert_eq!(
+        rev(&env, &a, &name(&format!("{id}-2"))),
+        server_refs[&name(&format!("{id}-2"))],
+        "the local ref takes the remote's name and commit"
+    );
+    let gone = env
+        .git_cmd(&a)
+        .args(["rev-parse", "--verify", "-q", &name(&id)])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the old name is gone locally");
+}
+
+/// A local pre-push hook that refuses is a refusal, not a network problem: one attempt, exit 76,
+/// the hook's words on stderr.
+#[test]
+fn a_refusing_pre_push_hook_is_not_retried() {
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", false);
+    let hook = a.join(".git/hooks/pre-push");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'LOCAL-POLICY-42: no pushes from here' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (log, _) = log_file(&env, "a-ok");
+    let out = env.evidence(
+        &a,
+        with(
+            record_args("t", &log, "2026-11-26T10:00:00Z"),
+            &["--json", "--push"],
+        ),
+    );
+    assert_code(&out, 76, "record --push with a refusing pre-push hook");
+    assert_eq!(push_of(&out)["attempts"], 1, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("LOCAL-POLICY-42"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// A `--push` that cannot work is bad input, found before anything is recorded; `push --branch`
+/// with a branch that does not exist is an error, not "up to date".
+#[test]
+fn push_mistakes_are_input_errors_before_anything_is_recorded() {
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", false);
+    let head = rev(&env, &a, "main");
+    let (log, _) = log_file(&env, "a-ok");
+    let out = env.evidence(
+        &a,
+        with(
+            record_args("t", &log, "2026-11-26T10:00:00Z"),
+            &["--push", "nosuch"],
+        ),
+    );
+    assert_code(&out, 2, "record --push to a remote that does not exist");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nosuch"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(rev(&env, &a, "main"), head, "nothing was recorded");
+
+    let out = env.evidence(&a, ["push", "--branch", "evidnce"]);
+    assert_code(&out, 2, "push --branch with a typo");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("evidnce"),
+        "{}",
+        describe(&out)
+    );
+}
