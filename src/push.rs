@@ -498,27 +498,73 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     // Local refs move only once the remote has taken the push: a lost round leaves nothing
     // behind but unreferenced objects, and keeps the window between reading the remote's tip
     // and pushing onto it as short as it can be.
-    let mut refspecs = Vec::new();
-    if !branch_current && let Some(tip) = plan.new_tip {
-        refspecs.push(format!("{tip}:{}", ctx.remote_branch));
-    }
-    for f in &to_send {
-        refspecs.push(format!("{}:{}", f.commit, f.name));
-    }
-    match git_push(ctx, &refspecs, deadline)? {
+    let branch_spec = plan
+        .new_tip
+        .filter(|_| !branch_current)
+        .map(|tip| format!("{tip}:{}", ctx.remote_branch));
+    let failed_specs: Vec<String> = to_send
+        .iter()
+        .map(|f| format!("{}:{}", f.commit, f.name))
+        .collect();
+    let outcome = match &branch_spec {
+        // Without atomic pushes the branch goes first, so that a failed run never lands on top
+        // of a replayed commit the branch did not get.
+        Some(b) if !ctx.atomic.get() && !failed_specs.is_empty() => {
+            match git_push(ctx, std::slice::from_ref(b), deadline)? {
+                PushOutcome::Accepted => git_push(ctx, &failed_specs, deadline)?,
+                other => other,
+            }
+        }
+        _ => {
+            let all: Vec<String> = branch_spec.iter().chain(&failed_specs).cloned().collect();
+            git_push(ctx, &all, deadline)?
+        }
+    };
+    let adopted: Vec<FailedPush> = failed.iter().filter(|f| f.adopted).cloned().collect();
+    match outcome {
         PushOutcome::Accepted => {
-            state.commit = plan.new_tip.or(remote.tip);
-            state.replayed = plan.replayed;
-            state.renamed = plan.renamed.clone();
-            state
-                .renamed
-                .extend(failed.iter().filter_map(|f| f.renamed.clone()));
-            state.failed_refs = to_send.iter().map(|f| f.name.clone()).collect();
+            landed(state, &remote, &plan, &failed);
             settle_local(ctx, &remote, local, &plan, &failed, state);
             Ok(Round::Done)
         }
         PushOutcome::Raced(why) => Ok(Round::Again(why)),
+        PushOutcome::Refused {
+            refs,
+            reason,
+            server,
+        } => {
+            // Failed runs the server will not take (e.g. the hosts may write the branch only)
+            // must not keep the successful runs from landing.
+            if let Some(b) = &branch_spec
+                && refs.iter().all(|r| r.starts_with(FAILED_PREFIX))
+            {
+                match git_push(ctx, std::slice::from_ref(b), deadline)? {
+                    PushOutcome::Accepted => {
+                        landed(state, &remote, &plan, &adopted);
+                        settle_local(ctx, &remote, local, &plan, &adopted, state);
+                    }
+                    PushOutcome::Raced(why) => return Ok(Round::Again(why)),
+                    PushOutcome::Refused { .. } => {}
+                }
+            }
+            Err(Failure::Rejected { reason, server })
+        }
     }
+}
+
+/// Notes in `state` what the remote took: the plan's branch and the failed runs sent.
+fn landed(state: &mut Pushed, remote: &RemoteState, plan: &BranchPlan, failed: &[FailedPush]) {
+    state.commit = plan.new_tip.or(remote.tip);
+    state.replayed = plan.replayed;
+    state.renamed = plan.renamed.clone();
+    state
+        .renamed
+        .extend(failed.iter().filter_map(|f| f.renamed.clone()));
+    state.failed_refs = failed
+        .iter()
+        .filter(|f| !f.adopted)
+        .map(|f| f.name.clone())
+        .collect();
 }
 
 /// The local branch tip, `None` when the branch has no commits.
@@ -811,6 +857,12 @@ fn connection_failure(ctx: &Context<'_>, stderr: &str) -> Failure {
 enum PushOutcome {
     Accepted,
     Raced(String),
+    /// The server refused these refs for good (a hook, permissions).
+    Refused {
+        refs: Vec<String>,
+        reason: String,
+        server: Vec<String>,
+    },
 }
 
 /// `git push --atomic --porcelain REMOTE refspecs…`, its result read ref by ref.
@@ -844,6 +896,7 @@ fn git_push(ctx: &Context<'_>, refspecs: &[String], deadline: Instant) -> RoundR
         .collect();
     let mut raced = Vec::new();
     let mut refused = Vec::new();
+    let mut refused_refs = Vec::new();
     for r in &results {
         match r.flag {
             ' ' | '*' | '+' | '=' | '-' => {}
@@ -855,12 +908,14 @@ fn git_push(ctx: &Context<'_>, refspecs: &[String], deadline: Instant) -> RoundR
                     && reason != "atomic transaction failed"
                 {
                     refused.push(format!("{} {}", r.to, r.summary));
+                    refused_refs.push(r.to.clone());
                 }
             }
         }
     }
     if !refused.is_empty() {
-        return Err(Failure::Rejected {
+        return Ok(PushOutcome::Refused {
+            refs: refused_refs,
             reason: format!("{} refused the push: {}", ctx.remote, refused.join("; ")),
             server,
         });
@@ -1414,6 +1469,7 @@ fn write_commit(
 // Failed runs.
 
 /// A failed-run ref to send.
+#[derive(Clone)]
 struct FailedPush {
     /// Full ref name, as it will be on both sides.
     name: String,

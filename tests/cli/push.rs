@@ -1813,3 +1813,58 @@ fn push_mistakes_are_input_errors_before_anything_is_recorded() {
         describe(&out)
     );
 }
+
+/// A server that lets the hosts write the branch but not `refs/evidence/*` refuses the failed
+/// runs; the successful runs land all the same, and the exit code says not everything did.
+#[test]
+fn failed_runs_the_server_refuses_do_not_hold_back_the_branch() {
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let hook = server.join("hooks/update");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncase \"$1\" in refs/heads/*) exit 0;; esac\necho \"BRANCH-ONLY: $1\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = host(&env, server.to_str().unwrap(), "host-a", true);
+    quick_budget(&env, &a);
+    let (ok1, _) = log_file(&env, "ok-1");
+    let (bad, _) = log_file(&env, "bad");
+    let (ok2, _) = log_file(&env, "ok-2");
+    let push = ["--push"];
+    let out = env.evidence(
+        &a,
+        with(record_args("t", &ok1, "2026-11-26T10:00:00Z"), &push),
+    );
+    assert_code(&out, 0, "the first success");
+    let out = env.evidence(
+        &a,
+        with(
+            record_with_code("t", &bad, "2026-11-26T10:01:00Z", 1),
+            &push,
+        ),
+    );
+    assert_code(&out, 76, "the failed run is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("BRANCH-ONLY"),
+        "{}",
+        describe(&out)
+    );
+    let out = env.evidence(
+        &a,
+        with(record_args("t", &ok2, "2026-11-26T10:02:00Z"), &push),
+    );
+    assert_code(&out, 76, "the failed run is still refused");
+    assert_eq!(
+        rev(&env, &server, "main"),
+        rev(&env, &a, "main"),
+        "the branch landed"
+    );
+    assert_eq!(runs_at(&env, &server, "main", "t").len(), 2);
+    assert!(remote_refs(&env, &a, server.to_str().unwrap(), "refs/evidence/*").is_empty());
+    assert!(rev(&env, &a, "refs/evidence/failed/builds/t/2026-11-26T100100Z").len() == 40);
+}
