@@ -428,15 +428,27 @@ fn make_commit(
     tree: Oid,
     parent: Option<Oid>,
 ) -> Result<Oid> {
+    write_commit(repo, &who.author, &who.committer, message, tree, parent)
+}
+
+/// Writes a commit of `tree` on `parent` (none for a root commit), moving no ref.
+pub(crate) fn write_commit(
+    repo: &Repository,
+    author: &Signature<'_>,
+    committer: &Signature<'_>,
+    message: &str,
+    tree: Oid,
+    parent: Option<Oid>,
+) -> Result<Oid> {
     let tree = repo
         .find_tree(tree)
         .map_err(|e| Error::git("cannot read the new tree", e))?;
     let parent = parent
         .map(|id| repo.find_commit(id))
         .transpose()
-        .map_err(|e| Error::git("cannot read the branch tip", e))?;
+        .map_err(|e| Error::git("cannot read the parent commit", e))?;
     let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    repo.commit(None, &who.author, &who.committer, message, &tree, &parents)
+    repo.commit(None, author, committer, message, &tree, &parents)
         .map_err(|e| Error::git("cannot write the commit", e))
 }
 

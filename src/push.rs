@@ -28,10 +28,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use git2::{FileMode, ObjectType, Oid, Repository, Signature, Tree};
+use git2::{FileMode, ObjectType, Oid, Repository, Tree};
 use serde::Serialize;
 
-use crate::commit::{self, subtree};
+use crate::commit::{self, subtree, write_commit};
 use crate::error::{Error, Result};
 use crate::list::commit_tree;
 use crate::names::{EvidenceRoot, Kind, RunId};
@@ -1443,26 +1443,6 @@ fn renamed_folder(
         files,
         render::commit_message(&proof, &log_path, signoff.as_deref()),
     ))
-}
-
-fn write_commit(
-    repo: &Repository,
-    author: &Signature<'_>,
-    committer: &Signature<'_>,
-    message: &str,
-    tree: Oid,
-    parent: Option<Oid>,
-) -> Result<Oid> {
-    let tree = repo
-        .find_tree(tree)
-        .map_err(|e| Error::git("cannot read the new tree", e))?;
-    let parent = parent
-        .map(|id| repo.find_commit(id))
-        .transpose()
-        .map_err(|e| Error::git("cannot read the parent commit", e))?;
-    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-    repo.commit(None, author, committer, message, &tree, &parents)
-        .map_err(|e| Error::git("cannot write the commit", e))
 }
 
 // ---------------------------------------------------------------------------------------------

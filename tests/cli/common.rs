@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -208,4 +209,42 @@ pub fn latest_file(env: &Env, repo: &Path, rev: &str, dir: &str, file: &str) -> 
         repo,
         ["cat-file", "blob", &format!("{rev}:{dir}/{run}/{file}")],
     )
+}
+
+/// The run id a start time gets when it is the first run in its second:
+/// `2026-11-26T10:15:00Z` → `2026-11-26T101500Z`.
+pub fn base_id(started: &str) -> String {
+    started.replace(':', "")
+}
+
+/// `(base, seq)` of a run id, for ordering (`…Z` < `…Z-2` < `…Z-10`).
+pub fn id_key(id: &str) -> (String, u32) {
+    match id.split_once("Z-") {
+        Some((stamp, n)) => (format!("{stamp}Z"), n.parse().expect("numeric suffix")),
+        None => (id.to_owned(), 1),
+    }
+}
+
+/// The run ids a set of start times must produce for one template: `T`, `T-2`, … per second.
+pub fn expected_ids<'a>(starts: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    let mut per_second: BTreeMap<String, u32> = BTreeMap::new();
+    for s in starts {
+        *per_second.entry(base_id(s)).or_default() += 1;
+    }
+    let mut ids = BTreeSet::new();
+    for (base, n) in per_second {
+        ids.insert(base.clone());
+        for seq in 2..=n {
+            ids.insert(format!("{base}-{seq}"));
+        }
+    }
+    ids
+}
+
+/// The newest of some run ids, in run-id order (not string order).
+pub fn newest(ids: &BTreeSet<String>) -> String {
+    ids.iter()
+        .max_by_key(|id| id_key(id))
+        .expect("at least one id")
+        .clone()
 }

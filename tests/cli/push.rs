@@ -41,44 +41,6 @@ fn with(mut args: Vec<String>, more: &[&str]) -> Vec<String> {
     args
 }
 
-/// The run id a start time gets when it is the first run in its second:
-/// `2026-11-26T10:15:00Z` → `2026-11-26T101500Z`.
-fn base_id(started: &str) -> String {
-    started.replace(':', "")
-}
-
-/// `(base, seq)` of a run id, for ordering (`…Z` < `…Z-2` < `…Z-10`).
-fn id_key(id: &str) -> (String, u32) {
-    match id.split_once("Z-") {
-        Some((stamp, n)) => (format!("{stamp}Z"), n.parse().expect("numeric suffix")),
-        None => (id.to_owned(), 1),
-    }
-}
-
-/// The run ids a set of start times must produce for one template: `T`, `T-2`, … per second.
-fn expected_ids<'a>(starts: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
-    let mut per_second: BTreeMap<String, u32> = BTreeMap::new();
-    for s in starts {
-        *per_second.entry(base_id(s)).or_default() += 1;
-    }
-    let mut ids = BTreeSet::new();
-    for (base, n) in per_second {
-        ids.insert(base.clone());
-        for seq in 2..=n {
-            ids.insert(format!("{base}-{seq}"));
-        }
-    }
-    ids
-}
-
-/// The newest of some run ids, in run-id order (not string order).
-fn newest(ids: &BTreeSet<String>) -> String {
-    ids.iter()
-        .max_by_key(|id| id_key(id))
-        .expect("at least one id")
-        .clone()
-}
-
 /// Whether `id` looks like a run id: `YYYY-MM-DDTHHMMSSZ`, maybe with `-N`.
 fn is_run_id(id: &str) -> bool {
     let (stamp, _) = id_key(id);
