@@ -473,7 +473,12 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
             .graph_descendant_of(l, r)
             .map_err(|e| Error::git("cannot compare the local and remote branches", e))?;
         if ahead {
-            check_ours(ctx, &unpushed(repo, l, Some(r))?)?;
+            let commits = unpushed(repo, l, Some(r))?;
+            check_ours(ctx, &commits)?;
+            // A run id another host gave a failed run, on the remote: replayed to get the next.
+            if takes_failed_id(ctx, &remote, &commits)? {
+                plan = replay(ctx, &remote, l, r)?;
+            }
         } else {
             plan = replay(ctx, &remote, l, r)?;
         }
@@ -589,9 +594,14 @@ struct GitOutput {
 /// Runs `git args…` against this repository, killing it when `deadline` (at least
 /// [`MIN_COMMAND_TIME`] from now) passes.
 fn git(ctx: &Context<'_>, args: &[OsString], deadline: Instant) -> RoundResult<GitOutput> {
+    git_at(ctx.repo.path(), args, deadline)
+}
+
+/// [`git`] for a repository given by its git dir (usable from another thread).
+fn git_at(git_dir: &Path, args: &[OsString], deadline: Instant) -> RoundResult<GitOutput> {
     let mut cmd = Command::new("git");
     cmd.arg("--git-dir")
-        .arg(ctx.repo.path())
+        .arg(git_dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -676,9 +686,9 @@ fn args<const N: usize>(list: [&str; N]) -> Vec<OsString> {
 
 /// What the remote has, in as few round trips as possible, since a host that takes longer
 /// between reading the remote's tip and pushing onto it loses more races. With a named remote,
-/// one fetch into its remote-tracking branch reads the tip and brings its objects at once (and
-/// an ls-remote lists the failed-run refs when there are local ones to compare); otherwise
-/// ls-remote reads both, and a fetch follows when the tip is new here.
+/// one fetch into its remote-tracking branch reads the tip and brings its objects at once,
+/// while an ls-remote lists the failed-run refs beside it; otherwise ls-remote reads both, and
+/// a fetch follows when the tip is new here.
 fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
     let repo = ctx.repo;
     if let Some(tracking) = tracking_ref(ctx) {
@@ -692,7 +702,22 @@ fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
             ctx.remote,
             &spec,
         ]);
-        let out = git(ctx, &a, deadline)?;
+        // The failed-run refs are listed at the same time, so that reading them costs no time
+        // between reading the tip and pushing onto it.
+        let git_dir = repo.path().to_path_buf();
+        let list = args([
+            "ls-remote",
+            "--refs",
+            "--",
+            ctx.remote,
+            &format!("{FAILED_PREFIX}*"),
+        ]);
+        let (fetched, listed) = std::thread::scope(|scope| {
+            let lister = scope.spawn(|| git_at(&git_dir, &list, deadline));
+            let fetched = git(ctx, &a, deadline);
+            (fetched, lister.join().expect("ls-remote thread"))
+        });
+        let out = fetched?;
         let tip =
             if out.success {
                 Some(repo.refname_to_id(&tracking).map_err(|e| {
@@ -706,15 +731,11 @@ fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
             } else {
                 return Err(connection_failure(ctx, &out.stderr));
             };
-        let has_failed = repo
-            .references_glob(&format!("{FAILED_PREFIX}*"))
-            .map(|mut refs| refs.next().is_some())
-            .unwrap_or(true);
-        let failed = if has_failed {
-            ls_remote(ctx, deadline, false)?.failed
-        } else {
-            BTreeMap::new()
-        };
+        let listed = listed?;
+        if !listed.success {
+            return Err(connection_failure(ctx, &listed.stderr));
+        }
+        let failed = parse_ls_remote(&listed.stdout, None).failed;
         return Ok(RemoteState { tip, failed });
     }
     let remote = ls_remote(ctx, deadline, true)?;
@@ -750,22 +771,30 @@ fn ls_remote(ctx: &Context<'_>, deadline: Instant, branch: bool) -> RoundResult<
     if !out.success {
         return Err(connection_failure(ctx, &out.stderr));
     }
+    Ok(parse_ls_remote(
+        &out.stdout,
+        branch.then_some(ctx.remote_branch),
+    ))
+}
+
+/// Reads `git ls-remote` output: the branch's tip (when asked for) and the failed-run refs.
+fn parse_ls_remote(stdout: &str, branch: Option<&str>) -> RemoteState {
     let mut state = RemoteState {
         tip: None,
         failed: BTreeMap::new(),
     };
-    for line in out.stdout.lines() {
+    for line in stdout.lines() {
         let Some((id, name)) = line.split_once('\t') else {
             continue;
         };
         let Ok(id) = Oid::from_str(id) else { continue };
-        if branch && name == ctx.remote_branch {
+        if Some(name) == branch {
             state.tip = Some(id);
         } else if let Some(rest) = name.strip_prefix(FAILED_PREFIX) {
             state.failed.insert(rest.to_owned(), id);
         }
     }
-    Ok(state)
+    state
 }
 
 /// Fetches the remote branch's objects (the remote-tracking branch moves too when the remote is
@@ -1056,6 +1085,20 @@ fn unpublished(ctx: &Context<'_>, tip: Oid) -> Result<Vec<Oid>> {
     }
     walk.collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::git("cannot walk history", e))
+}
+
+/// Whether one of the (evidence) `commits` adds a run whose id is a failed run's on the remote.
+fn takes_failed_id(ctx: &Context<'_>, remote: &RemoteState, commits: &[Oid]) -> Result<bool> {
+    for &id in commits {
+        if let Some(c) = evidence_commit(ctx.repo, ctx.root, id)?
+            && remote
+                .failed
+                .contains_key(&format!("{}/{}", c.runs, c.run_id))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Refuses when any of `commits` is not git-evidence's.

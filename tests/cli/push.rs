@@ -1830,3 +1830,31 @@ fn failed_runs_the_server_refuses_do_not_hold_back_the_branch() {
     assert!(remote_refs(&env, &a, server.to_str().unwrap(), "refs/evidence/*").is_empty());
     assert!(rev(&env, &a, "refs/evidence/failed/builds/t/2026-11-26T100100Z").len() == 40);
 }
+
+/// A success pushed with the id another host's failed run has on the remote gets the next id:
+/// a run id names one run, successful or not, on the remote as it does locally.
+#[test]
+fn a_success_never_takes_the_id_of_another_hosts_failed_run() {
+    const AT: &str = "2026-11-26T12:00:00Z";
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", false);
+    let b = host(&env, server.to_str().unwrap(), "host-b", true);
+    let (a_log, _) = log_file(&env, "a-ok");
+    let (b_log, _) = log_file(&env, "b-failed");
+    env.evidence_ok(&b, with(record_with_code("t", &b_log, AT, 1), &["--push"]));
+    env.evidence_ok(&a, record_args("t", &a_log, AT));
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "host A's push");
+    let push = push_json(&out);
+    let id = base_id(AT);
+    assert_eq!(renames_of(&push).len(), 1, "{push:#}");
+    assert_eq!(
+        runs_at(&env, &server, "main", "t"),
+        BTreeSet::from([format!("{id}-2")])
+    );
+    assert_eq!(rev(&env, &a, "main"), rev(&env, &server, "main"));
+    assert_clean(&env, &a);
+    assert_verify_clean(&env, &server);
+}
