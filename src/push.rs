@@ -1853,9 +1853,9 @@ fn settle_branch(
         };
         // A checked-out work tree must be able to follow, or the branch stays: `git status`
         // would otherwise show the difference as changes. The runs are on the remote already.
-        let worktrees = crate::worktree::checked_out_dirs(repo, ctx.branch)?;
+        let worktrees = crate::worktree::lock_checked_out(repo, ctx.branch)?;
         if let Some(old) = current {
-            for dir in &worktrees {
+            for (dir, _) in &worktrees {
                 read_tree(dir, old, target, true).map_err(|why| {
                     Error::Inconsistent(format!(
                         "the work tree {} has local changes in the way ({why}); commit or stash them",
@@ -1876,8 +1876,8 @@ fn settle_branch(
             continue;
         }
         if let Some(old) = current {
-            for dir in worktrees {
-                if let Err(why) = read_tree(&dir, old, target, false) {
+            for (dir, _lock) in &worktrees {
+                if let Err(why) = read_tree(dir, old, target, false) {
                     state.warnings.push(format!(
                         "{} moved to {}, but the work tree {} could not follow: {why}",
                         ctx.branch.trim_start_matches("refs/heads/"),

@@ -67,12 +67,18 @@ pub fn sync(
     Ok(report)
 }
 
-/// The folders of the work trees (main and linked) that have `branch` checked out.
-pub fn checked_out_dirs(repo: &Repository, branch: &str) -> Result<Vec<PathBuf>> {
-    Ok(checked_out(repo, branch)?
-        .iter()
-        .filter_map(|wt| wt.workdir().map(Path::to_path_buf))
-        .collect())
+/// The folders of the work trees (main and linked) that have `branch` checked out, each
+/// locked the way [`sync`] locks it until the guards are dropped: a branch moved under its work
+/// trees by something else (`push` replaying onto another host's runs) does not interleave with
+/// a recorder's update of the same work tree.
+pub fn lock_checked_out(repo: &Repository, branch: &str) -> Result<Vec<(PathBuf, WorktreeLock)>> {
+    let mut out = Vec::new();
+    for wt in checked_out(repo, branch)? {
+        if let Some(dir) = wt.workdir() {
+            out.push((dir.to_path_buf(), WorktreeLock::acquire(wt.path())?));
+        }
+    }
+    Ok(out)
 }
 
 /// The repositories (main and linked work trees) whose HEAD is `branch`.
@@ -113,7 +119,7 @@ fn head_is(repo: &Repository, branch: &str) -> bool {
 
 /// Holds an exclusive advisory lock on a file in the work tree's git dir until dropped. Unlike a
 /// `.lock` file it is released by the kernel if the process dies.
-struct WorktreeLock(#[allow(dead_code)] File);
+pub struct WorktreeLock(#[allow(dead_code)] File);
 
 impl WorktreeLock {
     fn acquire(gitdir: &Path) -> Result<Self> {
