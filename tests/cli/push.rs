@@ -1858,3 +1858,84 @@ fn a_success_never_takes_the_id_of_another_hosts_failed_run() {
     assert_clean(&env, &a);
     assert_verify_clean(&env, &server);
 }
+
+/// A run recorded here while a push that replays is under way (the server holds the push until
+/// the record is done) is not lost: once the push lands, the local branch becomes what was
+/// pushed with the new run replayed on top, the work tree follows, and the next push sends it.
+#[test]
+fn a_record_made_while_a_push_runs_is_replayed_on_top_of_what_was_pushed() {
+    let env = Env::new();
+    let base = env.path().join("srv");
+    let server = served_repo(&env, &base, "evidence.git");
+    let a = host(&env, server.to_str().unwrap(), "host-a", false);
+    let b = host(&env, server.to_str().unwrap(), "host-b", true);
+    let (a1, _) = log_file(&env, "a-1");
+    let (a2, _) = log_file(&env, "a-2");
+    let (b1, _) = log_file(&env, "b-1");
+    env.evidence_ok(
+        &b,
+        with(record_args("t", &b1, "2026-11-26T10:00:00Z"), &["--push"]),
+    );
+    env.evidence_ok(&a, record_args("t", &a1, "2026-11-26T10:05:00Z"));
+
+    // The server's hook says when the push arrived and waits to be released.
+    let arrived = env.path().join("arrived.fifo");
+    let release = env.path().join("release.fifo");
+    for fifo in [&arrived, &release] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let hook = server.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\necho arrived > '{}'\nread go < '{}'\nexit 0\n",
+            arrived.display(),
+            release.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let pusher = env
+        .evidence_cmd(&a)
+        .args(["push", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard, not a pause: a push that never reaches the server fails the test, not hangs it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let arrived_path = arrived.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(arrived_path));
+    });
+    let said = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the push reaches the server's hook");
+    assert_eq!(said.unwrap().trim(), "arrived");
+    env.evidence_ok(&a, record_args("t", &a2, "2026-11-26T10:10:00Z"));
+    std::fs::write(&release, "go\n").unwrap();
+    let out = pusher.wait_with_output().unwrap();
+    assert_code(&out, 0, "the push held by the server");
+    let push = push_json(&out);
+    assert_eq!(push["warnings"], serde_json::json!([]), "{push:#}");
+    let landed = rev(&env, &server, "main");
+    assert_eq!(push["commit"], landed.as_str());
+
+    // Locally: what was pushed, plus the run recorded meanwhile, and a clean work tree.
+    assert_eq!(rev(&env, &a, "main~1"), landed);
+    assert_eq!(runs_at(&env, &a, "main", "t").len(), 3);
+    assert_eq!(latest_at(&env, &a, "main", "t"), "2026-11-26T101000Z");
+    assert_clean(&env, &a);
+    std::fs::remove_file(&hook).unwrap();
+    let out = env.evidence(&a, ["push", "--json"]);
+    assert_code(&out, 0, "the next push");
+    assert_eq!(rev(&env, &server, "main"), rev(&env, &a, "main"));
+    assert_eq!(runs_at(&env, &server, "main", "t").len(), 3);
+    assert_verify_clean(&env, &server);
+}
