@@ -321,6 +321,7 @@ pub fn push(repo: &Repository, req: &PushRequest) -> std::result::Result<Pushed,
         branch: &branch,
         remote_branch: &remote_branch,
         atomic: std::cell::Cell::new(true),
+        remote_failed: std::cell::RefCell::new(None),
     };
     let started = Instant::now();
     let retry_hint = retry_command(repo, req, &remote, &branch);
@@ -417,6 +418,10 @@ struct Context<'a> {
     remote_branch: &'a str,
     /// Cleared when the server does not support atomic pushes.
     atomic: std::cell::Cell<bool>,
+    /// The remote's failed-run refs as last listed. They change rarely, so rounds that send no
+    /// failed run reuse the list instead of asking again (which costs every host another
+    /// process on both sides while they contend).
+    remote_failed: std::cell::RefCell<Option<BTreeMap<String, Oid>>>,
 }
 
 enum Round {
@@ -499,6 +504,10 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
     // Nothing to send? The local branch may still have to catch up with the remote's tip.
     let branch_current = plan.new_tip.is_none() || plan.new_tip == remote.tip;
     let to_send: Vec<&FailedPush> = failed.iter().filter(|f| !f.adopted).collect();
+    if !to_send.is_empty() {
+        // Sending failed runs may collide with another host's: list them afresh next round.
+        ctx.remote_failed.replace(None);
+    }
     if branch_current && to_send.is_empty() {
         settle_local(ctx, &remote, local, &plan, &failed, state);
         state.commit = remote.tip;

@@ -131,7 +131,8 @@ pub(super) fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<Remot
             &spec,
         ]);
         // The failed-run refs are listed at the same time, so that reading them costs no time
-        // between reading the tip and pushing onto it.
+        // between reading the tip and pushing onto it; later rounds reuse the list.
+        let cached = ctx.remote_failed.borrow().clone();
         let git_dir = repo.path().to_path_buf();
         let list = args([
             "ls-remote",
@@ -141,9 +142,11 @@ pub(super) fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<Remot
             &format!("{FAILED_PREFIX}*"),
         ]);
         let (fetched, listed) = std::thread::scope(|scope| {
-            let lister = scope.spawn(|| git_at(&git_dir, &list, deadline));
+            let lister = cached
+                .is_none()
+                .then(|| scope.spawn(|| git_at(&git_dir, &list, deadline)));
             let fetched = git(ctx, &a, deadline);
-            (fetched, lister.join().expect("ls-remote thread"))
+            (fetched, lister.map(|l| l.join().expect("ls-remote thread")))
         });
         let out = fetched?;
         let tip =
@@ -159,11 +162,18 @@ pub(super) fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<Remot
             } else {
                 return Err(connection_failure(ctx, &out.stderr));
             };
-        let listed = listed?;
-        if !listed.success {
-            return Err(connection_failure(ctx, &listed.stderr));
-        }
-        let failed = parse_ls_remote(&listed.stdout, None).failed;
+        let failed = match (listed, cached) {
+            (Some(listed), _) => {
+                let listed = listed?;
+                if !listed.success {
+                    return Err(connection_failure(ctx, &listed.stderr));
+                }
+                parse_ls_remote(&listed.stdout, None).failed
+            }
+            (None, Some(cached)) => cached,
+            (None, None) => BTreeMap::new(),
+        };
+        ctx.remote_failed.replace(Some(failed.clone()));
         return Ok(RemoteState { tip, failed });
     }
     let remote = ls_remote(ctx, deadline, true)?;
