@@ -232,19 +232,23 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     }
 }
 
-/// The pause before round `attempt + 1`: exponential, with the upper half randomised so hosts
-/// that collided once do not collide again in lock-step. Losing a race to another host is
-/// resolved within a round trip, so those pauses stay short (25 ms, doubling up to 400 ms) and
-/// a host that lost a few times is not starved by fresher ones; a server that cannot be reached
-/// gets more room (250 ms, doubling up to 5 s).
+/// The pause before round `attempt + 1`: exponential and randomised. After a race lost to
+/// another host, anywhere from nothing up to a bound that doubles from 50 ms to 1 s ("full
+/// jitter"): hosts that collided spread out, and one that lost many times is not always the
+/// last to come back. A server that cannot be reached gets more room: from 250 ms, doubling up
+/// to 5 s, the upper half randomised.
 fn backoff(attempt: u32, cause: Cause) -> Duration {
     let (base_ms, cap_ms) = match cause {
-        Cause::Race => (25u64, 400u64),
+        Cause::Race => (50u64, 1_000u64),
         Cause::Unreachable => (250, 5_000),
     };
     let ms = (base_ms << attempt.saturating_sub(1).min(8)).min(cap_ms);
-    let noise = random_u64() % 1000;
-    Duration::from_micros(ms * 500 + ms * noise / 2)
+    match cause {
+        // Full jitter: anywhere up to the bound, so a host that lost many times is not always
+        // the last to come back.
+        Cause::Race => Duration::from_micros(random_u64() % (ms * 1000 + 1)),
+        Cause::Unreachable => Duration::from_micros(ms * 500 + ms * (random_u64() % 1000) / 2),
+    }
 }
 
 /// Why a round did not land.
@@ -870,10 +874,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_capped() {
-        assert!(backoff(1, Cause::Race) <= Duration::from_millis(25));
-        assert!(backoff(1, Cause::Race) >= Duration::from_micros(12_500));
-        assert!(backoff(2, Cause::Race) >= Duration::from_millis(25));
-        assert!(backoff(40, Cause::Race) <= Duration::from_millis(400));
+        assert!(backoff(1, Cause::Race) <= Duration::from_millis(50));
+        assert!(backoff(40, Cause::Race) <= Duration::from_secs(1));
+        let longest = (0..200).map(|_| backoff(40, Cause::Race)).max().unwrap();
+        assert!(
+            longest > Duration::from_millis(500),
+            "the bound grows: {longest:?}"
+        );
         assert!(backoff(40, Cause::Unreachable) <= Duration::from_secs(5));
         assert!(backoff(40, Cause::Unreachable) >= Duration::from_millis(2_500));
         let samples: BTreeSet<Duration> = (0..20).map(|_| backoff(5, Cause::Race)).collect();
