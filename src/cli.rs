@@ -1,7 +1,8 @@
 //! The command line: argument parsing, output and exit codes.
 //!
 //! Exit codes: 0 done; 1 the environment got in the way (repository state, locks, disk);
-//! 2 bad input (arguments, names, files). Results go to stdout (`--json` for machines),
+//! 2 bad input (arguments, names, files); 76 recorded but not on the remote (`push`, `--push`);
+//! `run` adds the build's own codes, 75 and 127 (see [`crate::run`]). Results go to stdout (`--json` for machines),
 //! warnings and errors to stderr as `error: …` with a `hint: …` line when there is an obvious fix.
 
 use std::io::Write as _;
@@ -68,6 +69,11 @@ pub enum Command {
     Review(ReviewArgs),
     /// Push the evidence branch and failed runs to a remote, replaying onto what other hosts
     /// pushed meanwhile.
+    #[command(
+        after_help = "Exit codes: 0 everything is on the remote (also when there was \
+        nothing to send); 76 not pushed: the evidence stays committed locally, run this again \
+        later; 2 bad input; 1 the local repository got in the way."
+    )]
     Push(PushArgs),
     /// Make `git fetch` bring failed runs too: adds +refs/evidence/*:refs/evidence/* to the
     /// remote's fetch refspecs.
