@@ -54,27 +54,12 @@ const SMALL_LOG: &str = "tests/fixtures/packer-1.6.6/ok.packer.log";
 const TAG: &str = "bench";
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
+    common::main(run);
 }
 
 fn run() -> Result<()> {
-    let mut bench = Bench::new()?;
-    if std::env::var_os("GIT_EVIDENCE_BENCH_KEEP").is_some() {
-        bench.dir.disable_cleanup(true);
-    }
+    let bench = Bench::start()?;
     let with_daemon = std::env::var_os("GIT_EVIDENCE_BENCH_DAEMON").is_some_and(|v| v != "0");
-    say(format!("git-evidence binary: {}", bench.bin.display()));
-    say(format!(
-        "scratch folder:      {}",
-        bench.dir.path().display()
-    ));
-    say(format!(
-        "git:                 {}",
-        bench.out(bench.command("git").arg("--version"))?.trim()
-    ));
     // The feature may not be built yet: say so plainly rather than fail on the first record.
     let help = bench.command(&bench.bin).args(["push", "--help"]).output();
     if !help.is_ok_and(|o| o.status.success()) {

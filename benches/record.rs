@@ -42,41 +42,15 @@ const BIG_LOG_BYTES: usize = 100 * 1024 * 1024;
 const SMALL_LOG: &str = "tests/fixtures/packer-1.6.6/ok.packer.log";
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
+    common::main(run);
 }
 
 fn run() -> Result<()> {
-    let mut bench = Bench::new()?;
-    // For looking into a result afterwards (perf, git count-objects …): keep the scratch folder.
-    if std::env::var_os("GIT_EVIDENCE_BENCH_KEEP").is_some() {
-        bench.dir.disable_cleanup(true);
-    }
+    let bench = Bench::start()?;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let small_log = manifest.join(SMALL_LOG);
     let small_log_bytes =
         fs::read(&small_log).map_err(|e| format!("cannot read {}: {e}", small_log.display()))?;
-    say(format!(
-        "git-evidence binary: {} ({})",
-        bench.bin.display(),
-        if option_env!("CARGO_BIN_EXE_git-evidence").is_some() {
-            "CARGO_BIN_EXE_git-evidence"
-        } else {
-            "fallback: target/release"
-        }
-    ));
-    say(format!(
-        "scratch folder:      {}",
-        bench.dir.path().display()
-    ));
-    say(format!(
-        "git:                 {}",
-        bench
-            .out(bench.git_in(bench.dir.path()).arg("--version"))?
-            .trim()
-    ));
 
     let model = ProofModel::from_real_record(&bench, &small_log)?;
     let mut clock = Clock::new();

@@ -33,26 +33,11 @@ const REPS: usize = 3;
 const SMALL_LOG: &str = "tests/fixtures/packer-1.6.6/ok.packer.log";
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("\nbench failed: {e}");
-        std::process::exit(1);
-    }
+    common::main(run);
 }
 
 fn run() -> Result<()> {
-    let mut bench = Bench::new()?;
-    if std::env::var_os("GIT_EVIDENCE_BENCH_KEEP").is_some() {
-        bench.dir.disable_cleanup(true);
-    }
-    say(format!("git-evidence binary: {}", bench.bin.display()));
-    say(format!(
-        "scratch folder:      {}",
-        bench.dir.path().display()
-    ));
-    say(format!(
-        "git:                 {}",
-        bench.out(bench.command("git").arg("--version"))?.trim()
-    ));
+    let bench = Bench::start()?;
 
     say("\n== building the 10,000-proof repository (≈1 GiB of logs)".into());
     let model = model_proof(&bench)?;

@@ -41,7 +41,42 @@ pub struct Bench {
     pub bin: PathBuf,
 }
 
+/// A bench's `main`: runs it, and on failure says why and exits 1.
+pub fn main(run: fn() -> Result<()>) {
+    if let Err(e) = run() {
+        eprintln!("\nbench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
 impl Bench {
+    /// [`Bench::new`], kept afterwards when `GIT_EVIDENCE_BENCH_KEEP` is set (for looking into
+    /// a result with perf or git count-objects), and announced: binary, scratch folder, git.
+    pub fn start() -> Result<Self> {
+        let mut bench = Bench::new()?;
+        if std::env::var_os("GIT_EVIDENCE_BENCH_KEEP").is_some() {
+            bench.dir.disable_cleanup(true);
+        }
+        say(format!(
+            "git-evidence binary: {} ({})",
+            bench.bin.display(),
+            if option_env!("CARGO_BIN_EXE_git-evidence").is_some() {
+                "CARGO_BIN_EXE_git-evidence"
+            } else {
+                "fallback: target/release"
+            }
+        ));
+        say(format!(
+            "scratch folder:      {}",
+            bench.dir.path().display()
+        ));
+        say(format!(
+            "git:                 {}",
+            bench.out(bench.command("git").arg("--version"))?.trim()
+        ));
+        Ok(bench)
+    }
+
     pub fn new() -> Result<Self> {
         let bin = option_env!("CARGO_BIN_EXE_git-evidence")
             .map(PathBuf::from)
