@@ -346,17 +346,28 @@ fn quick_budget(env: &Env, repo: &Path) {
     env.git(repo, ["config", "evidence.pushTimeout", "10s"]);
 }
 
+/// Writes the executable hook `name` of the repository whose hooks folder is `hooks`.
+fn install_hook(hooks: &Path, name: &str, script: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(hooks).unwrap();
+    let hook = hooks.join(name);
+    std::fs::write(&hook, script).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hook
+}
+
 /// A `pre-receive` hook on `server` that refuses every push with `message` on stderr.
 fn refusing_hook(server: &Path, message: &str) {
-    let hook = server.join("hooks/pre-receive");
-    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\ncat >/dev/null\necho '{message}' >&2\nexit 1\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install_hook(
+        &server.join("hooks"),
+        "pre-receive",
+        &format!("#!/bin/sh\ncat >/dev/null\necho '{message}' >&2\nexit 1\n"),
+    );
+}
+
+/// A bare repository served from `<env>/srv` (seeded like [`served_repo`]), reached by path.
+fn path_server(env: &Env) -> PathBuf {
+    served_repo(env, &env.path().join("srv"), "evidence.git")
 }
 
 /// A log whose bytes name who wrote it.
@@ -1528,8 +1539,7 @@ fn a_checked_out_writer_whose_push_replayed_ends_clean_with_the_other_hosts_run(
 fn a_push_cut_short_before_the_local_branch_moved_adds_nothing_twice() {
     const AT: &str = "2026-11-26T10:15:00Z";
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", true);
     let b = host(&env, server.to_str().unwrap(), "host-b", true);
     let (a_log, _) = log_file(&env, "a-ok");
@@ -1583,8 +1593,7 @@ fn a_push_cut_short_before_the_local_branch_moved_adds_nothing_twice() {
 #[test]
 fn a_work_tree_with_local_changes_in_the_way_keeps_its_branch_and_catches_up_later() {
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", false);
     let b = host(&env, server.to_str().unwrap(), "host-b", true);
     let (a_log, _) = log_file(&env, "a-ok");
@@ -1659,8 +1668,7 @@ fn a_work_tree_with_local_changes_in_the_way_keeps_its_branch_and_catches_up_lat
 fn a_failed_run_already_on_the_remote_under_a_new_id_is_not_sent_twice() {
     const AT: &str = "2026-11-26T11:00:00Z";
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", true);
     let b = host(&env, server.to_str().unwrap(), "host-b", true);
     let (a_log, _) = log_file(&env, "a-failed");
@@ -1714,17 +1722,13 @@ fn a_failed_run_already_on_the_remote_under_a_new_id_is_not_sent_twice() {
 #[test]
 fn a_refusing_pre_push_hook_is_not_retried() {
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", false);
-    let hook = a.join(".git/hooks/pre-push");
-    std::fs::write(
-        &hook,
+    install_hook(
+        &a.join(".git/hooks"),
+        "pre-push",
         "#!/bin/sh\necho 'LOCAL-POLICY-42: no pushes from here' >&2\nexit 1\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let (log, _) = log_file(&env, "a-ok");
     let out = env.evidence(
         &a,
@@ -1747,8 +1751,7 @@ fn a_refusing_pre_push_hook_is_not_retried() {
 #[test]
 fn push_mistakes_are_input_errors_before_anything_is_recorded() {
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", false);
     let head = rev(&env, &a, "main");
     let (log, _) = log_file(&env, "a-ok");
@@ -1781,17 +1784,12 @@ fn push_mistakes_are_input_errors_before_anything_is_recorded() {
 #[test]
 fn failed_runs_the_server_refuses_do_not_hold_back_the_branch() {
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
-    let hook = server.join("hooks/update");
-    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
-    std::fs::write(
-        &hook,
+    let server = path_server(&env);
+    install_hook(
+        &server.join("hooks"),
+        "update",
         "#!/bin/sh\ncase \"$1\" in refs/heads/*) exit 0;; esac\necho \"BRANCH-ONLY: $1\" >&2\nexit 1\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let a = host(&env, server.to_str().unwrap(), "host-a", true);
     quick_budget(&env, &a);
     let (ok1, _) = log_file(&env, "ok-1");
@@ -1837,8 +1835,7 @@ fn failed_runs_the_server_refuses_do_not_hold_back_the_branch() {
 fn a_success_never_takes_the_id_of_another_hosts_failed_run() {
     const AT: &str = "2026-11-26T12:00:00Z";
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", false);
     let b = host(&env, server.to_str().unwrap(), "host-b", true);
     let (a_log, _) = log_file(&env, "a-ok");
@@ -1865,8 +1862,7 @@ fn a_success_never_takes_the_id_of_another_hosts_failed_run() {
 #[test]
 fn a_record_made_while_a_push_runs_is_replayed_on_top_of_what_was_pushed() {
     let env = Env::new();
-    let base = env.path().join("srv");
-    let server = served_repo(&env, &base, "evidence.git");
+    let server = path_server(&env);
     let a = host(&env, server.to_str().unwrap(), "host-a", false);
     let b = host(&env, server.to_str().unwrap(), "host-b", true);
     let (a1, _) = log_file(&env, "a-1");
@@ -1888,18 +1884,15 @@ fn a_record_made_while_a_push_runs_is_replayed_on_top_of_what_was_pushed() {
             .unwrap();
         assert!(made.success());
     }
-    let hook = server.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        format!(
+    let hook = install_hook(
+        &server.join("hooks"),
+        "pre-receive",
+        &format!(
             "#!/bin/sh\ncat >/dev/null\necho arrived > '{}'\nread go < '{}'\nexit 0\n",
             arrived.display(),
             release.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
 
     let pusher = env
         .evidence_cmd(&a)
