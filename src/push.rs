@@ -475,14 +475,11 @@ fn round(ctx: &Context<'_>, state: &mut Pushed, deadline: Instant) -> RoundResul
         && l != r
     {
         if repo.find_commit(r).is_err() {
-            fetch(ctx, deadline)?;
-            if repo.find_commit(r).is_err() {
-                // Moved again (or was rewritten) between reading and fetching.
-                return Ok(Round::Again(format!(
-                    "{} moved on {} while it was fetched",
-                    ctx.remote_branch, ctx.remote
-                )));
-            }
+            // Moved again (or was rewritten) between reading and fetching.
+            return Ok(Round::Again(format!(
+                "{} moved on {} while it was fetched",
+                ctx.remote_branch, ctx.remote
+            )));
         }
         let ahead = repo
             .graph_descendant_of(l, r)

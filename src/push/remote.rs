@@ -158,7 +158,7 @@ pub(super) fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<Remot
                 None
             } else if is_local_lock_error(&out.stderr) {
                 // Another process here is fetching into the same ref: ask the remote directly.
-                return ls_remote(ctx, deadline, true);
+                return observe_by_listing(ctx, deadline);
             } else {
                 return Err(connection_failure(ctx, &out.stderr));
             };
@@ -176,9 +176,14 @@ pub(super) fn observe(ctx: &Context<'_>, deadline: Instant) -> RoundResult<Remot
         ctx.remote_failed.replace(Some(failed.clone()));
         return Ok(RemoteState { tip, failed });
     }
-    let remote = ls_remote(ctx, deadline, true)?;
+    observe_by_listing(ctx, deadline)
+}
+
+/// [`observe`] without a remote-tracking ref: ls-remote, then a fetch when the tip is new here.
+fn observe_by_listing(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
+    let remote = ls_remote(ctx, deadline)?;
     if let Some(r) = remote.tip
-        && repo.find_commit(r).is_err()
+        && ctx.repo.find_commit(r).is_err()
     {
         fetch(ctx, deadline)?;
     }
@@ -198,25 +203,15 @@ pub(super) fn is_local_lock_error(stderr: &str) -> bool {
     stderr.contains("cannot lock ref") || stderr.contains("unable to update local ref")
 }
 
-/// The remote's failed-run refs, and its branch tip when `branch`.
-pub(super) fn ls_remote(
-    ctx: &Context<'_>,
-    deadline: Instant,
-    branch: bool,
-) -> RoundResult<RemoteState> {
-    let mut a = args(["ls-remote", "--refs", "--", ctx.remote]);
-    if branch {
-        a.push(ctx.remote_branch.into());
-    }
+/// The remote's branch tip and failed-run refs.
+pub(super) fn ls_remote(ctx: &Context<'_>, deadline: Instant) -> RoundResult<RemoteState> {
+    let mut a = args(["ls-remote", "--refs", "--", ctx.remote, ctx.remote_branch]);
     a.push(format!("{FAILED_PREFIX}*").into());
     let out = git(ctx, &a, deadline)?;
     if !out.success {
         return Err(connection_failure(ctx, &out.stderr));
     }
-    Ok(parse_ls_remote(
-        &out.stdout,
-        branch.then_some(ctx.remote_branch),
-    ))
+    Ok(parse_ls_remote(&out.stdout, Some(ctx.remote_branch)))
 }
 
 /// Reads `git ls-remote` output: the branch's tip (when asked for) and the failed-run refs.
